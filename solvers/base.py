@@ -1,0 +1,160 @@
+"""The Solver contract and the generic handcrafted solver built from a traced sampling loop.
+
+A solver maps (teacher, noise x_T, condition, NFE) to samples. Every solver produces a
+:class:`~gasbench.solvers.executor.SolverTable` and is run by the one executor, so NFE counting,
+timing and the arithmetic are shared. Learned solvers (GS/GAS, S4S, LD3, DLMS) extend
+:class:`Solver` with ``fit`` and a saved state; handcrafted ones are a sampling loop registered
+with :func:`handcrafted_solver`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from abc import ABC, abstractmethod
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+
+from gasbench.errors import GasbenchError
+from gasbench.registry import SOLVERS
+from gasbench.solvers.executor import ExecutionStats, SolverTable, execute, trace
+from gasbench.solvers.schedules import make_sigmas
+
+
+class Solver(ABC):
+    """Base class of every method in the leaderboard.
+
+    Subclasses set ``options`` (name -> default) and implement :meth:`table`. Options come from
+    the CLI as strings (``--solver-arg order=2``) and are converted to the default's type.
+    """
+
+    name: ClassVar[str] = ""
+    learned: ClassVar[bool] = False
+    options: ClassVar[dict[str, Any]] = {"schedule": None}
+
+    def __init__(self, **options: Any):
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise GasbenchError(
+                f"solver '{self.name}' has no option {', '.join(map(repr, unknown))}; "
+                f"its options are: {', '.join(sorted(self.options))}."
+            )
+        self.config = {k: _coerce(self.name, k, options.get(k, v), v) for k, v in self.options.items()}
+
+    @abstractmethod
+    def table(self, teacher, nfe: int) -> SolverTable:
+        """The coefficient table for ``teacher`` at exactly ``nfe`` denoiser evaluations."""
+
+    def resolved_config(self, teacher) -> dict[str, Any]:
+        """The options with teacher-dependent defaults filled in, as recorded in results."""
+        config = dict(self.config)
+        if config.get("schedule") is None and "schedule" in config:
+            config["schedule"] = teacher.default_schedule
+        return config
+
+    def config_hash(self, teacher) -> str:
+        blob = json.dumps({"solver": self.name, **self.resolved_config(teacher)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def sample(
+        self,
+        teacher,
+        x_T: torch.Tensor,
+        cond: Optional[torch.Tensor],
+        nfe: int,
+        stats: Optional[ExecutionStats] = None,
+        table: Optional[SolverTable] = None,
+    ) -> torch.Tensor:
+        table = table if table is not None else self.table(teacher, nfe)
+        return execute(table, teacher.denoiser(cond), x_T, stats=stats)
+
+
+def _coerce(solver: str, key: str, value: Any, default: Any) -> Any:
+    if not isinstance(value, str) or default is None or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        return type(default)(value)
+    except ValueError:
+        raise GasbenchError(
+            f"option {key}={value!r} of solver '{solver}' is not a valid "
+            f"{type(default).__name__}."
+        ) from None
+
+
+class HandcraftedSolver(Solver):
+    """A sampling loop ``loop(model, x, sigmas, **params)`` on a named schedule, traced to a table."""
+
+    loop: ClassVar[Callable]
+    evals_per_step: ClassVar[int] = 1
+
+    def steps_for(self, nfe: int) -> int:
+        if nfe < 1:
+            raise GasbenchError(f"NFE must be at least 1, got {nfe}.")
+        if nfe % self.evals_per_step:
+            raise GasbenchError(
+                f"solver '{self.name}' makes {self.evals_per_step} denoiser evaluations per step, "
+                f"so it cannot run at NFE {nfe}; use a multiple of {self.evals_per_step}."
+            )
+        return nfe // self.evals_per_step
+
+    def table(self, teacher, nfe: int) -> SolverTable:
+        config = self.resolved_config(teacher)
+        sigmas = make_sigmas(config.pop("schedule"), self.steps_for(nfe), teacher)
+        table = trace(type(self).loop, sigmas, **config)
+        if table.nfe != nfe:
+            raise GasbenchError(
+                f"solver '{self.name}' made {table.nfe} evaluations where {nfe} were asked."
+            )
+        table.meta.update(solver=self.name, **self.resolved_config(teacher))
+        return table
+
+
+def handcrafted_solver(
+    name: str,
+    *,
+    description: str = "",
+    aliases: tuple[str, ...] = (),
+    evals_per_step: int = 1,
+    **defaults: Any,
+) -> Callable[[Callable], Callable]:
+    """Register a sampling loop as a solver named ``name``.
+
+    The loop's keyword arguments become the solver's options (with ``defaults`` overriding the
+    loop's own), plus ``schedule`` (default: the teacher's schedule). Returns the loop unchanged,
+    so it can still be called directly on tensors.
+    """
+
+    def wrap(loop: Callable) -> Callable:
+        params = {
+            p.name: p.default
+            for p in inspect.signature(loop).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        unknown = set(defaults) - set(params)
+        if unknown:
+            raise TypeError(f"{loop.__name__} has no keyword parameter(s) {sorted(unknown)}")
+        cls = type(
+            f"Handcrafted_{loop.__name__}",
+            (HandcraftedSolver,),
+            {
+                "name": name,
+                "loop": staticmethod(loop),
+                "evals_per_step": evals_per_step,
+                "options": {"schedule": None, **params, **defaults},
+                "__doc__": description or inspect.getdoc(loop),
+                "__module__": loop.__module__,
+            },
+        )
+        summary = description or (inspect.getdoc(loop) or "").split("\n")[0]
+        SOLVERS.register(name, cls, summary, aliases)
+        return loop
+
+    return wrap

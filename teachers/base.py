@@ -1,0 +1,101 @@
+"""The Teacher contract: a pretrained diffusion model seen as an EDM sigma-space denoiser.
+
+Everything is solved in x_sigma = x_0 + sigma * eps. A teacher exposes the denoiser
+D(x, sigma, cond) -> x_0 estimate, its sample shape, sigma range, how conditions are drawn per
+seed, how samples decode to pixels, and its reference solver (the "teacher" row of the
+leaderboards, GAS Table 17). VP / epsilon-prediction networks are wrapped with
+sigma = sqrt((1 - alphabar) / alphabar), x_vp = x / sqrt(1 + sigma^2), D = x - sigma * eps.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class VPLinearTime:
+    """The VP-linear diffusion time of Song et al. (2021): sigma(t)^2 = exp(beta_d t^2/2 + beta_min t) - 1.
+
+    Time-based schedules (time-uniform, time-quadratic, GITS) are defined in this t.
+    """
+
+    beta_min: float = 0.1
+    beta_d: float = 19.9
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(torch.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t))
+
+    def t(self, sigma: float) -> float:
+        log_term = math.log1p(sigma**2)
+        return (math.sqrt(self.beta_min**2 + 2 * self.beta_d * log_term) - self.beta_min) / self.beta_d
+
+
+@dataclass(frozen=True)
+class ReferenceSolver:
+    """The teacher's own high-accuracy solver (GAS Table 17)."""
+
+    solver: str
+    nfe: int
+    schedule: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"solver": self.solver, "nfe": self.nfe, "schedule": self.schedule, **self.options}
+
+
+class Teacher(ABC):
+    """A diffusion model in EDM sigma-space, plus everything a benchmark needs to know about it."""
+
+    name: ClassVar[str] = ""
+    shape: tuple[int, ...]
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+    num_classes: int = 0
+    default_schedule: str = "logsnr"
+    time: VPLinearTime = VPLinearTime()
+    reference: ReferenceSolver
+    weights_sha256: Optional[str] = None
+
+    @abstractmethod
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+        """The x_0 estimate D(x, sigma, cond); x has shape (B, *shape), sigma is a scalar tensor."""
+
+    def denoiser(self, cond: Optional[torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """D(x, sigma) with the condition bound, in the caller's dtype (what the executor calls)."""
+
+        def call(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return self.denoise(x, sigma, cond).to(x.dtype)
+
+        return call
+
+    def conditions(self, generators: list[torch.Generator]) -> Optional[torch.Tensor]:
+        """One condition per sample, drawn from that sample's own generator (after its noise).
+
+        Class labels are uniform over classes and random per seed (not balanced); None for an
+        unconditional teacher.
+        """
+        if self.num_classes == 0:
+            return None
+        return torch.cat([torch.randint(self.num_classes, (1,), generator=g) for g in generators])
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples to pixels in [0, 1], shape (B, C, H, W); pixel teachers live in [-1, 1]."""
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    def describe(self) -> dict[str, Any]:
+        """What a result record stores about the teacher."""
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "num_classes": self.num_classes,
+            "weights_sha256": self.weights_sha256,
+            "reference": self.reference.to_dict(),
+        }

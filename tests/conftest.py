@@ -1,0 +1,18 @@
+import pytest
+import torch
+
+from gasbench.teachers.gmm import GaussianMixtureTeacher
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def gmm_teacher() -> GaussianMixtureTeacher:
+    """A small analytic teacher with well-separated modes in 16 dimensions."""
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(5, 1, 4, 4, generator=g, dtype=torch.float64) * 0.8
+    return GaussianMixtureTeacher(means, std=0.25)
