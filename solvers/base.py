@@ -33,6 +33,7 @@ class Solver(ABC):
     name: ClassVar[str] = ""
     learned: ClassVar[bool] = False
     options: ClassVar[dict[str, Any]] = {"schedule": None}
+    choices: ClassVar[dict[str, tuple]] = {}
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -42,6 +43,11 @@ class Solver(ABC):
                 f"its options are: {', '.join(sorted(self.options))}."
             )
         self.config = {k: _coerce(self.name, k, options.get(k, v), v) for k, v in self.options.items()}
+        for key, allowed in self.choices.items():
+            if self.config[key] not in allowed:
+                raise GasbenchError(
+                    f"solver '{self.name}' supports {key} in {list(allowed)}, got {self.config[key]!r}."
+                )
 
     @abstractmethod
     def table(self, teacher, nfe: int) -> SolverTable:
@@ -123,12 +129,14 @@ def handcrafted_solver(
     description: str = "",
     aliases: tuple[str, ...] = (),
     evals_per_step: int = 1,
+    choices: dict[str, tuple] | None = None,
     **defaults: Any,
 ) -> Callable[[Callable], Callable]:
     """Register a sampling loop as a solver named ``name``.
 
     The loop's keyword arguments become the solver's options (with ``defaults`` overriding the
-    loop's own), plus ``schedule`` (default: the teacher's schedule). Returns the loop unchanged,
+    loop's own), plus ``schedule`` (default: the teacher's schedule); ``choices`` restricts an
+    option to the listed values. Returns the loop unchanged,
     so it can still be called directly on tensors.
     """
 
@@ -149,6 +157,7 @@ def handcrafted_solver(
                 "loop": staticmethod(loop),
                 "evals_per_step": evals_per_step,
                 "options": {"schedule": None, **params, **defaults},
+                "choices": choices or {},
                 "__doc__": description or inspect.getdoc(loop),
                 "__module__": loop.__module__,
             },

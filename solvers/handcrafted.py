@@ -165,13 +165,13 @@ def _unipc(model, x, sigmas, order, variant, lower_order_final):
     return x
 
 
-@handcrafted_solver("unipc", aliases=("unipc-bh1",))
+@handcrafted_solver("unipc", aliases=("unipc-bh1",), choices={"order": (1, 2, 3)})
 def unipc_bh1(model, x, sigmas, *, order: int = 3, lower_order_final: bool = True):
     """UniPC with B(h) = h (bh1), orders 1-3. Zhao et al. (2023), arXiv:2302.04867, Alg. 1-2."""
     return _unipc(model, x, sigmas, order, "bh1", lower_order_final)
 
 
-@handcrafted_solver("unipc-bh2")
+@handcrafted_solver("unipc-bh2", choices={"order": (1, 2, 3)})
 def unipc_bh2(model, x, sigmas, *, order: int = 3, lower_order_final: bool = True):
     """UniPC with B(h) = e^h - 1 (bh2), orders 1-3. Zhao et al. (2023), arXiv:2302.04867, Alg. 1-2."""
     return _unipc(model, x, sigmas, order, "bh2", lower_order_final)
@@ -187,7 +187,7 @@ ADAMS_BASHFORTH = {
 }
 
 
-@handcrafted_solver("ipndm")
+@handcrafted_solver("ipndm", choices={"order": (1, 2, 3, 4)})
 def ipndm(model, x, sigmas, *, order: int = 4):
     """iPNDM: Adams-Bashforth on dx/dsigma with lower-order warm start, orders 1-4.
 

@@ -1,0 +1,3 @@
+from gasbench.cli import main
+
+main()

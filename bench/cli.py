@@ -1,0 +1,202 @@
+"""The `gasbench` command line (Typer)."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gasbench.errors import GasbenchError
+from gasbench.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS, import_plugin
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__)
+teacher_app = typer.Typer(help="Train or inspect teachers.")
+bench_app = typer.Typer(help="Speed and memory benchmarks that print figures.")
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(bench_app, name="bench")
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+PluginOption = typer.Option(None, "--plugin", help="Module name or .py file that registers solvers (repeatable).")
+
+
+def _split(values: Optional[list[str]]) -> list[str]:
+    """Accept both `--methods a,b` and repeated `--methods a --methods b`."""
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def _ints(values: list[str], what: str) -> list[int]:
+    try:
+        return [int(v) for v in _split(values)]
+    except ValueError:
+        raise GasbenchError(f"{what} must be integers separated by commas, got {','.join(values)!r}.") from None
+
+
+def _load_plugins(plugins: Optional[list[str]]) -> None:
+    for spec in plugins or []:
+        import_plugin(spec)
+
+
+def _key_values(pairs: Optional[list[str]]) -> dict[str, str]:
+    out = {}
+    for pair in _split(pairs):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise GasbenchError(f"--solver-arg expects key=value, got {pair!r}.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command()
+def run(
+    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m", help="Comma-separated methods; default: all registered."),
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="Teacher name (see `gasbench list teachers`)."),
+    nfe: list[str] = typer.Option(["4,6,8,10"], "--nfe", help="Comma-separated NFE values."),
+    seed: int = typer.Option(50_000, "--seed", help="First evaluation seed; sample i uses seed + i."),
+    num_samples: int = typer.Option(1000, "--num-samples", "-n", help="Evaluation samples per cell."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Samples per denoiser call."),
+    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where records are written."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Time-step schedule for every method; default: the teacher's."),
+    solver_arg: Optional[list[str]] = typer.Option(None, "--solver-arg", help="key=value option for every method that has it (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute cells that already have a matching record."),
+    plugin: Optional[list[str]] = PluginOption,
+):
+    """Sample every method on the same seeds, score against the teacher, record one file per cell."""
+    from gasbench.runner import RunConfig
+    from gasbench.runner import run as run_benchmark
+    from gasbench.tables import render
+
+    _load_plugins(plugin)
+    if schedule is not None:
+        SCHEDULES.resolve(schedule)
+    config = RunConfig(
+        teacher=dataset, methods=_split(methods) or None, nfes=_ints(nfe, "--nfe"), seed=seed,
+        num_samples=num_samples, batch_size=batch_size, results_dir=results_dir,
+        schedule=schedule, solver_args=_key_values(solver_arg), overwrite=overwrite,
+    )
+    start = time.perf_counter()
+    records = run_benchmark(config, err_console)
+    err_console.print(f"{len(records)} cells recorded under {results_dir} in {time.perf_counter() - start:.1f} s")
+    console.print(render(results_dir, "rmse", "markdown", teacher=records[0]["teacher"]["name"]))
+
+
+@app.command()
+def table(
+    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where records were written."),
+    metric: str = typer.Option("rmse", "--metric", help="Metric to tabulate (see `gasbench list metrics`)."),
+    fmt: str = typer.Option("markdown", "--format", help="markdown, latex or csv."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Only this teacher's table."),
+):
+    """Render leaderboards from recorded results: rows = methods, columns = NFE, best in bold."""
+    from gasbench.tables import render
+
+    console.print(render(results_dir, metric, fmt, teacher), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("list")
+def list_(
+    what: Optional[str] = typer.Argument(None, help="solvers, teachers, schedules or metrics; default: all."),
+    plugin: Optional[list[str]] = PluginOption,
+):
+    """The registered solvers, teachers, schedules and metrics, one line each."""
+    _load_plugins(plugin)
+    registries = {"solvers": SOLVERS, "teachers": TEACHERS, "schedules": SCHEDULES, "metrics": METRICS}
+    if what is not None and what not in registries:
+        raise GasbenchError(f"cannot list '{what}'; choose one of {', '.join(registries)}.")
+    for name, registry in registries.items():
+        if what not in (None, name):
+            continue
+        out = Table(title=name, title_justify="left", show_header=True)
+        out.add_column("name", style="bold")
+        out.add_column("aliases")
+        out.add_column("description")
+        if name == "solvers":
+            out.add_column("options")
+        for entry in registry:
+            row = [entry.name, ", ".join(entry.aliases), entry.description]
+            if name == "solvers":
+                row.append(", ".join(f"{k}={v}" for k, v in entry.obj.options.items()))
+            out.add_row(*row)
+        console.print(out)
+
+
+@teacher_app.command("train")
+def teacher_train(
+    name: str = typer.Argument("digits", help="Built-in teacher to train (digits)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the safetensors weights."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Training iterations; default: the committed run's."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Reproduce a built-in teacher's committed weights."""
+    from gasbench.teachers import training
+    from gasbench.weights import sha256_of
+
+    trainers = {"digits": training.train_digits_teacher}
+    if name not in trainers:
+        raise GasbenchError(f"no trainer for teacher '{name}'; trainable: {', '.join(trainers)}.")
+    from gasbench.teachers.digits import WEIGHTS
+
+    path = out or WEIGHTS
+    kwargs = {"seed": seed} if iterations is None else {"seed": seed, "iterations": iterations}
+    trainers[name](path, **kwargs)
+    console.print(f"wrote {path} (sha256 {sha256_of(path)})")
+
+
+@bench_app.command("overhead")
+def bench_overhead(
+    dataset: str = typer.Option("digits", "--dataset", "-d"),
+    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m", help="Default: every handcrafted solver."),
+    nfe: list[str] = typer.Option(["4,10"], "--nfe"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    repeats: int = typer.Option(3, "--repeats"),
+):
+    """Solver arithmetic time / denoiser time per sampling call (target <= 1% at batch 256)."""
+    import torch
+
+    from gasbench.overhead import measure_overhead
+    from gasbench.solvers.base import HandcraftedSolver
+
+    teacher = TEACHERS.get(dataset)()
+    names = _split(methods) or [e.name for e in SOLVERS if issubclass(e.obj, HandcraftedSolver)]
+    rows = measure_overhead(teacher, names, _ints(nfe, "--nfe"), batch_size, repeats)
+    out = Table(title=f"solver overhead on {dataset}, batch {batch_size}, {torch.get_num_threads()} threads")
+    for col in ("method", "NFE", "denoiser ms", "solver ms", "solver / denoiser"):
+        out.add_column(col, justify="right")
+    for r in rows:
+        out.add_row(r["method"], str(r["nfe"]), f"{r['denoiser_ms']:.1f}", f"{r['solver_ms']:.2f}", f"{r['overhead_pct']:.2f}%")
+    console.print(out)
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2; `--debug` shows tracebacks."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        app(standalone_mode=False)
+    except GasbenchError as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; completed cells are recorded, rerun the same command to resume")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001  (last resort: never a bare traceback for users)
+        if debug:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        sys.exit(1)

@@ -1,0 +1,41 @@
+"""`gasbench bench overhead`: solver arithmetic time against denoiser time, measured in one run.
+
+The executor times every denoiser call; the rest of a sampling call is the solver's own
+arithmetic (Eq. 13 combinations). Reported as a ratio so machine noise cancels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gasbench.registry import SOLVERS
+from gasbench.sampling import noise_and_conditions
+from gasbench.solvers.executor import ExecutionStats, execute
+
+
+@torch.no_grad()
+def measure_overhead(teacher, methods: list[str], nfes: list[int], batch_size: int, repeats: int = 3):
+    """Rows of (method, nfe, denoiser ms, solver ms, ratio) per sampling call, best of ``repeats``."""
+    noise, cond = noise_and_conditions(teacher, list(range(batch_size)))
+    x_T = noise * teacher.sigma_max
+    denoiser = teacher.denoiser(cond)
+    execute(SOLVERS.get("euler")().table(teacher, 2), denoiser, x_T)  # warm-up
+    rows = []
+    for name in methods:
+        solver = SOLVERS.get(name)()
+        for nfe in nfes:
+            table = solver.table(teacher, nfe)
+            runs = []
+            for _ in range(repeats):
+                stats = ExecutionStats()
+                execute(table, denoiser, x_T, stats=stats)
+                runs.append(stats)
+            best = min(runs, key=lambda s: s.solver_seconds / s.denoiser_seconds)
+            rows.append({
+                "method": name,
+                "nfe": nfe,
+                "denoiser_ms": 1e3 * best.denoiser_seconds,
+                "solver_ms": 1e3 * best.solver_seconds,
+                "overhead_pct": 100 * best.solver_seconds / best.denoiser_seconds,
+            })
+    return rows

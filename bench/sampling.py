@@ -1,0 +1,41 @@
+"""Per-seed noise and conditions, and batched sampling through the executor.
+
+Sample i always uses its own seed's generator (EDM's convention), so a sample never depends on
+the batch size: noise first, then the condition, from ``torch.Generator().manual_seed(seed)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from gasbench.solvers.executor import ExecutionStats, SolverTable, execute
+
+
+def noise_and_conditions(teacher, seeds: list[int]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Unit-variance noise (B, *shape) in float64 and the conditions, one generator per seed."""
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    noise = torch.stack([torch.randn(teacher.shape, generator=g, dtype=torch.float64) for g in generators])
+    return noise, teacher.conditions(generators)
+
+
+@torch.no_grad()
+def sample_seeds(
+    teacher,
+    table: SolverTable,
+    seeds: list[int],
+    batch_size: int,
+    stats: Optional[ExecutionStats] = None,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> torch.Tensor:
+    """Solve from every seed's noise with ``table``; returns float32 samples in seed order."""
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        chunk = seeds[start : start + batch_size]
+        noise, cond = noise_and_conditions(teacher, chunk)
+        x_T = noise * teacher.sigma_max
+        out.append(execute(table, teacher.denoiser(cond), x_T, stats=stats).float())
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return torch.cat(out)

@@ -1,0 +1,129 @@
+"""The command line: run/table on the analytic teacher, and one clear message for bad input."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from gasbench.cli import main
+
+
+def gasbench(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["gasbench", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    results = tmp_path_factory.mktemp("cli") / "results"
+    argv = sys.argv
+    sys.argv = ["gasbench", "run", "--dataset", "gmm", "--methods", "euler,dpmpp3m,heun",
+                "--nfe", "4,6", "-n", "32", "--results-dir", str(results)]
+    try:
+        main()
+    finally:
+        sys.argv = argv
+    return results
+
+
+def test_run_writes_one_record_per_cell(recorded):
+    records = sorted(recorded.glob("gmm/*/nfe*/metrics.json"))
+    assert len(records) == 6
+    record = json.loads(records[0].read_text())
+    assert record["nfe_measured"] == record["nfe"]
+    assert set(record["metrics"]) == {"rmse", "psnr"}
+    assert record["seeds"] == [50000, 50031]
+    assert (records[0].parent / "samples.png").stat().st_size > 0
+
+
+def test_table_markdown_bolds_best_per_column(recorded, monkeypatch, capsys):
+    code, out, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", recorded)
+    assert code == 0
+    assert "| Method" in out and "NFE=4" in out and "NFE=6" in out
+    for column in ("NFE=4", "NFE=6"):
+        assert out.count("**") >= 2
+    # the more accurate solver wins at NFE 6 on the analytic teacher
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert "**" in rows["dpmpp3m"]
+
+
+def test_rerun_reuses_records(recorded, monkeypatch, capsys):
+    path = recorded / "gmm" / "euler" / "nfe4" / "metrics.json"
+    before = path.read_text()
+    code, _, _ = gasbench(
+        monkeypatch, capsys, "run", "--dataset", "gmm", "--methods", "euler", "--nfe", "4",
+        "-n", "32", "--results-dir", recorded,
+    )
+    assert code == 0 and path.read_text() == before
+
+
+def test_csv_and_latex(recorded, monkeypatch, capsys):
+    code, out, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", recorded, "--format", "csv", "--metric", "psnr")
+    assert code == 0 and out.startswith("Method,NFE=4,NFE=6")
+    code, out, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", recorded, "--format", "latex")
+    assert code == 0 and "\\textbf{" in out
+
+
+BAD_INPUTS = [
+    (["run", "--methods", "dpmpp9m"], "Unknown solver 'dpmpp9m'"),
+    (["run", "--dataset", "cifar-1000"], "Unknown teacher 'cifar-1000'"),
+    (["run", "--dataset", "gmm", "--nfe", "0"], "NFE must be at least 1"),
+    (["run", "--dataset", "gmm", "--nfe", "-3"], "NFE must be at least 1"),
+    (["run", "--dataset", "gmm", "--nfe", "four"], "--nfe must be integers"),
+    (["run", "--dataset", "gmm", "--methods", "heun", "--nfe", "5"], "cannot run at NFE 5"),
+    (["run", "--dataset", "gmm", "--schedule", "cosine"], "Unknown schedule 'cosine'"),
+    (["run", "--dataset", "gmm", "--methods", "euler", "--solver-arg", "order=2"], "no selected method has the option"),
+    (["run", "--dataset", "gmm", "--methods", "ipndm", "--solver-arg", "order=two"], "not a valid int"),
+    (["run", "--dataset", "gmm", "--methods", "ipndm", "--solver-arg", "order=7"], "order"),
+    (["table", "--metric", "fidd"], "Unknown metric 'fidd'"),
+    (["table", "--format", "html"], "unknown table format"),
+    (["list", "gizmos"], "cannot list 'gizmos'"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_message(args, message, recorded, monkeypatch, capsys):
+    before = {p: p.read_bytes() for p in recorded.rglob("*") if p.is_file()}
+    code, out, err = gasbench(monkeypatch, capsys, *args, "--results-dir", recorded) if args[0] != "list" \
+        else gasbench(monkeypatch, capsys, *args)
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err + out
+    after = {p: p.read_bytes() for p in recorded.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_unwritable_results_dir(tmp_path, monkeypatch, capsys):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    code, _, err = gasbench(
+        monkeypatch, capsys, "run", "--dataset", "gmm", "--methods", "euler", "--nfe", "4",
+        "-n", "4", "--results-dir", blocked / "sub",
+    )
+    assert code == 2 and "cannot write results" in err and "Traceback" not in err
+
+
+def test_corrupted_teacher_weights(tmp_path, monkeypatch, capsys):
+    from gasbench.teachers import digits
+
+    bad = tmp_path / "digits.safetensors"
+    bad.write_bytes(b"garbage")
+    monkeypatch.setattr(digits, "WEIGHTS", bad)
+    code, _, err = gasbench(monkeypatch, capsys, "run", "--methods", "euler", "--nfe", "4", "-n", "4",
+                            "--results-dir", tmp_path / "r")
+    assert code == 2 and "corrupt or not the pinned one" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "digits").exists()
+
+
+def test_list_shows_everything(monkeypatch, capsys):
+    code, out, _ = gasbench(monkeypatch, capsys, "list")
+    assert code == 0
+    for name in ("dpmpp3m", "unipc-bh2", "ipndm", "heun", "euler", "digits", "gmm", "logsnr", "gits", "psnr"):
+        assert name in out
