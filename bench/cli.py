@@ -93,11 +93,15 @@ def table(
     metric: str = typer.Option("rmse", "--metric", help="Metric to tabulate (see `gasbench list metrics`)."),
     fmt: str = typer.Option("markdown", "--format", help="markdown, latex or csv."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Only this teacher's table."),
+    into: Optional[Path] = typer.Option(None, "--into", help="Also write the tables between the gasbench-table markers of this file (e.g. README.md)."),
 ):
     """Render leaderboards from recorded results: rows = methods, columns = NFE, best in bold."""
-    from gasbench.tables import render
+    from gasbench.tables import render, write_into
 
-    console.print(render(results_dir, metric, fmt, teacher), markup=False, highlight=False, soft_wrap=True)
+    text = render(results_dir, metric, fmt, teacher)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    if into is not None:
+        write_into(into, text)
 
 
 @app.command("list")
@@ -167,10 +171,11 @@ def bench_overhead(
     names = _split(methods) or [e.name for e in SOLVERS if issubclass(e.obj, HandcraftedSolver)]
     rows = measure_overhead(teacher, names, _ints(nfe, "--nfe"), batch_size, repeats)
     out = Table(title=f"solver overhead on {dataset}, batch {batch_size}, {torch.get_num_threads()} threads")
-    for col in ("method", "NFE", "denoiser ms", "solver ms", "solver / denoiser"):
+    for col in ("method", "NFE", "denoiser ms", "solver ms", "solver / denoiser", "table build ms (once)"):
         out.add_column(col, justify="right")
     for r in rows:
-        out.add_row(r["method"], str(r["nfe"]), f"{r['denoiser_ms']:.1f}", f"{r['solver_ms']:.2f}", f"{r['overhead_pct']:.2f}%")
+        out.add_row(r["method"], str(r["nfe"]), f"{r['denoiser_ms']:.1f}", f"{r['solver_ms']:.2f}",
+                    f"{r['overhead_pct']:.2f}%", f"{r['table_ms']:.1f}")
     console.print(out)
 
 

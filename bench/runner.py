@@ -128,6 +128,11 @@ def reference_solutions(teacher, seeds: list[int], batch_size: int, cache_dir: P
     return samples
 
 
+def save_reference_grid(teacher, reference: torch.Tensor, results_dir: Path) -> None:
+    """The teacher's own samples on the evaluation seeds, beside the methods' grids."""
+    save_grid(teacher.decode(reference[:GRID_SIZE]), Path(results_dir) / teacher.name / "reference_samples.png")
+
+
 def run(config: RunConfig, console: Optional[Console] = None) -> list[dict[str, Any]]:
     """Run every (method, NFE) cell of ``config``; returns the records (new or reused)."""
     console = console or Console(stderr=True)
@@ -148,6 +153,7 @@ def run(config: RunConfig, console: Optional[Console] = None) -> list[dict[str, 
         reference = reference_solutions(
             teacher, seeds, config.batch_size, Path(config.results_dir) / ".cache", progress
         )
+        save_reference_grid(teacher, reference, config.results_dir)
         overall = progress.add_task(f"{teacher.name}: {len(cells)} cells", total=len(cells) * len(seeds))
         for cell in cells:
             record = run_cell(config, teacher, cell, seeds, reference, progress, overall)

@@ -67,3 +67,21 @@ def render(results_dir: Path, metric: str = "rmse", fmt: str = "markdown", teach
     if not parts:
         raise GasbenchError(f"no '{metric}' results recorded under '{results_dir}' for {', '.join(teachers)}.")
     return "\n\n".join(parts) + "\n"
+
+
+START_MARKER = "<!-- gasbench-table:start -->"
+END_MARKER = "<!-- gasbench-table:end -->"
+
+
+def write_into(document: Path, text: str) -> None:
+    """Replace what stands between the leaderboard markers of ``document`` with ``text``."""
+    from gasbench.records import write_atomic
+
+    content = Path(document).read_text()
+    start, end = content.find(START_MARKER), content.find(END_MARKER)
+    if start < 0 or end < start:
+        raise GasbenchError(
+            f"{document} has no '{START_MARKER}' ... '{END_MARKER}' block to fill; add the two markers."
+        )
+    updated = content[: start + len(START_MARKER)] + "\n" + text.rstrip() + "\n" + content[end:]
+    write_atomic(Path(document), updated.encode())

@@ -127,3 +127,14 @@ def test_list_shows_everything(monkeypatch, capsys):
     assert code == 0
     for name in ("dpmpp3m", "unipc-bh2", "ipndm", "heun", "euler", "digits", "gmm", "logsnr", "gits", "psnr"):
         assert name in out
+
+
+def test_table_into_document(recorded, tmp_path, monkeypatch, capsys):
+    doc = tmp_path / "README.md"
+    doc.write_text("# title\n<!-- gasbench-table:start -->\nold\n<!-- gasbench-table:end -->\ntail\n")
+    code, out, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", recorded, "--into", doc)
+    text = doc.read_text()
+    assert code == 0 and "old" not in text and "| dpmpp3m" in text and text.endswith("tail\n")
+    doc.write_text("no markers")
+    code, _, err = gasbench(monkeypatch, capsys, "table", "--results-dir", recorded, "--into", doc)
+    assert code == 2 and "no '<!-- gasbench-table:start -->'" in err and doc.read_text() == "no markers"
