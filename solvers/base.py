@@ -13,13 +13,11 @@ import hashlib
 import inspect
 import json
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Optional
-
-import torch
+from typing import Any, Callable, ClassVar
 
 from gasbench.errors import GasbenchError
 from gasbench.registry import SOLVERS
-from gasbench.solvers.executor import ExecutionStats, SolverTable, execute, trace
+from gasbench.solvers.executor import SolverTable, trace
 from gasbench.solvers.schedules import make_sigmas
 
 
@@ -64,18 +62,6 @@ class Solver(ABC):
         blob = json.dumps({"solver": self.name, **self.resolved_config(teacher)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def sample(
-        self,
-        teacher,
-        x_T: torch.Tensor,
-        cond: Optional[torch.Tensor],
-        nfe: int,
-        stats: Optional[ExecutionStats] = None,
-        table: Optional[SolverTable] = None,
-    ) -> torch.Tensor:
-        table = table if table is not None else self.table(teacher, nfe)
-        return execute(table, teacher.denoiser(cond), x_T, stats=stats)
-
 
 def _coerce(solver: str, key: str, value: Any, default: Any) -> Any:
     if not isinstance(value, str) or default is None or isinstance(default, str):
@@ -119,7 +105,6 @@ class HandcraftedSolver(Solver):
             raise GasbenchError(
                 f"solver '{self.name}' made {table.nfe} evaluations where {nfe} were asked."
             )
-        table.meta.update(solver=self.name, **self.resolved_config(teacher))
         return table
 
 

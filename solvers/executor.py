@@ -16,8 +16,8 @@ time steps and coefficients.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -79,7 +79,6 @@ class SolverTable:
     c: torch.Tensor
     sigmas: torch.Tensor
     sigma_final: float
-    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def nfe(self) -> int:

@@ -100,3 +100,18 @@ def test_local_order(gaussian, update, history, exponent):
         step = update(xs[-2], sigma_hist, denoised, torch.tensor(sigmas[-1], dtype=torch.float64))
         errors.append((step - xs[-1]).norm().item())
     assert abs(fitted_order(errors, [1 / h for h in hs]) - exponent) < 0.3, errors
+
+
+def test_executor_reports_trajectory_and_counts_calls(gaussian):
+    table = trace(H.dpmpp_3m, logsnr_grid(5))
+    seen, calls = [], []
+
+    def denoiser(x, sigma):
+        calls.append(float(sigma))
+        return gaussian.denoise(x, sigma, None)
+
+    x_T = torch.ones(2, *gaussian.shape, dtype=torch.float64) * SIGMA_MAX
+    out, trajectory = execute(table, denoiser, x_T, callback=seen.append, return_trajectory=True)
+    assert len(calls) == table.nfe == 5 and len(seen) == 5 and len(trajectory) == 6
+    assert calls == [float(s) for s in logsnr_grid(5)[:-1]]
+    assert torch.equal(trajectory[-1], out) and torch.equal(trajectory[0], x_T)
