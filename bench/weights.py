@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from gasbench.errors import GasbenchError
+
+
+def gasbench_home() -> Path:
+    """gasbench's cache: ``$GASBENCH_HOME``, else ``$XDG_CACHE_HOME/gasbench``, else ``~/.cache/gasbench``."""
+    if os.environ.get("GASBENCH_HOME"):
+        return Path(os.environ["GASBENCH_HOME"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "gasbench"
+    return Path.home() / ".cache" / "gasbench"
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
