@@ -19,6 +19,8 @@ from gasbench.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS, import_plug
 app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__)
 teacher_app = typer.Typer(help="Train or inspect teachers.")
 bench_app = typer.Typer(help="Speed and memory benchmarks that print figures.")
+data_app = typer.Typer(help="The teacher-trajectory cache.")
+app.add_typer(data_app, name="data")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(bench_app, name="bench")
 console = Console(soft_wrap=True)
@@ -155,6 +157,21 @@ def teacher_train(
     sha = sha256_of(out)
     same = "identical to" if sha == digits.WEIGHTS_SHA256 else "different from"
     console.print(f"wrote {out} (sha256 {sha}), {same} the committed weights")
+
+
+@data_app.command("info")
+def data_info():
+    """List the cached teacher trajectories: teacher, seeds, reference solver, shards, size."""
+    from gasbench.trajectories import cache_root, describe_caches
+
+    rows = describe_caches()
+    out = Table(title=f"trajectory caches under {cache_root()}", title_justify="left")
+    columns = ("teacher", "seeds", "samples", "reference", "shards", "size_mb", "directory")
+    for col in columns:
+        out.add_column(col)
+    for row in rows:
+        out.add_row(*(str(row[c]) for c in columns))
+    console.print(out if rows else f"no trajectory caches under {cache_root()}")
 
 
 @bench_app.command("overhead")

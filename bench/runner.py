@@ -1,15 +1,13 @@
 """`gasbench run`: resolve the teacher and methods, sample every cell on the same seeds, record.
 
 Data flow (DESIGN.md): teacher -> the teacher's reference solutions for the evaluation seeds
-(cached) -> for each method x NFE: build its coefficient table, sample the seeds, score against
+(the trajectory cache) -> for each method x NFE: build its coefficient table, sample the seeds, score against
 the reference, write ``metrics.json`` and ``samples.png`` atomically. A cell whose record exists
 with the same teacher, solver configuration and seeds is reused, so an interrupted run resumes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import resource
 import sys
@@ -22,7 +20,6 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import load, save
 
 import gasbench
 from gasbench.errors import GasbenchError
@@ -34,12 +31,12 @@ from gasbench.records import (
     code_revision,
     ensure_writable,
     read_record,
-    write_atomic,
     write_json_atomic,
 )
 from gasbench.registry import SOLVERS, TEACHERS
 from gasbench.sampling import sample_seeds
 from gasbench.solvers.executor import ExecutionStats
+from gasbench.trajectories import TrajectoryCache
 
 GRID_SIZE = 64
 
@@ -106,28 +103,6 @@ def _peak_memory_mb() -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
-def reference_solutions(teacher, seeds: list[int], batch_size: int, cache_dir: Path, progress) -> torch.Tensor:
-    """The teacher's reference-solver samples for ``seeds``, cached under ``cache_dir``."""
-    ref = teacher.reference
-    key = json.dumps(
-        {"teacher": teacher.name, "sha": teacher.weights_sha256, "ref": ref.to_dict(),
-         "seeds": [seeds[0], seeds[-1], len(seeds)], "v": SCHEMA_VERSION},
-        sort_keys=True,
-    )
-    path = cache_dir / f"reference-{teacher.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
-    if path.is_file():
-        try:
-            return load(path.read_bytes())["samples"]
-        except Exception:  # a damaged cache entry is recomputed, never trusted
-            path.unlink(missing_ok=True)
-    solver = SOLVERS.get(ref.solver)(schedule=ref.schedule, **ref.options)
-    table = solver.table(teacher, ref.nfe)
-    task = progress.add_task(f"{teacher.name}: reference {ref.solver} NFE {ref.nfe}", total=len(seeds))
-    samples = sample_seeds(teacher, table, seeds, batch_size, on_batch=lambda n: progress.advance(task, n))
-    write_atomic(path, save({"samples": samples.contiguous()}, metadata={"key": key}))
-    return samples
-
-
 def save_reference_grid(teacher, reference: torch.Tensor, results_dir: Path) -> None:
     """The teacher's own samples on the evaluation seeds, beside the methods' grids."""
     save_grid(teacher.decode(reference[:GRID_SIZE]), Path(results_dir) / teacher.name / "reference_samples.png")
@@ -150,9 +125,11 @@ def run(config: RunConfig, console: Optional[Console] = None) -> list[dict[str, 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        reference = reference_solutions(
-            teacher, seeds, config.batch_size, Path(config.results_dir) / ".cache", progress
-        )
+        cache = TrajectoryCache(teacher, tuple(seeds))
+        ref = teacher.reference
+        task = progress.add_task(f"{teacher.name}: reference {ref.solver} NFE {ref.nfe}", total=len(seeds))
+        cache.generate(config.batch_size, on_samples=lambda n: progress.advance(task, n))
+        reference = cache.load()["x0"]
         save_reference_grid(teacher, reference, config.results_dir)
         overall = progress.add_task(f"{teacher.name}: {len(cells)} cells", total=len(cells) * len(seeds))
         for cell in cells:

@@ -4,6 +4,20 @@ import torch
 from gasbench.teachers.gmm import GaussianMixtureTeacher
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep caches (trajectories, metric weights) out of the user's home during tests."""
+    import os
+
+    previous = os.environ.get("GASBENCH_HOME")
+    os.environ["GASBENCH_HOME"] = str(tmp_path_factory.mktemp("gasbench_home"))
+    yield
+    if previous is None:
+        os.environ.pop("GASBENCH_HOME")
+    else:
+        os.environ["GASBENCH_HOME"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
