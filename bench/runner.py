@@ -36,7 +36,7 @@ from gasbench.records import (
 from gasbench.registry import SOLVERS, TEACHERS
 from gasbench.sampling import sample_seeds
 from gasbench.solvers.executor import ExecutionStats
-from gasbench.trajectories import TrajectoryCache
+from gasbench.trajectories import SPLIT_STARTS, TrajectoryCache
 
 GRID_SIZE = 64
 
@@ -46,7 +46,7 @@ class RunConfig:
     teacher: str = "digits"
     methods: Optional[list[str]] = None  # None: every registered method
     nfes: list[int] = field(default_factory=lambda: [4, 6, 8, 10])
-    seed: int = 50_000  # evaluation seeds start here (GAS release convention)
+    seed: int = SPLIT_STARTS["evaluation"]  # GAS release convention
     num_samples: int = 1000
     batch_size: int = 256
     results_dir: Path = Path("results")
