@@ -35,7 +35,7 @@ from gasbench.records import (
 )
 from gasbench.registry import SOLVERS, TEACHERS
 from gasbench.sampling import sample_seeds
-from gasbench.solvers.executor import ExecutionStats
+from gasbench.solvers.executor import ExecutionStats, SolverTable
 from gasbench.trajectories import SPLIT_STARTS, TrajectoryCache
 
 GRID_SIZE = 64
@@ -61,6 +61,7 @@ class Cell:
     label: str
     solver: Any
     nfe: int
+    table: SolverTable
 
 
 def method_label(name: str, options: dict[str, Any]) -> str:
@@ -83,10 +84,10 @@ def build_cells(config: RunConfig, teacher) -> list[Cell]:
         if config.schedule is not None:
             options["schedule"] = config.schedule
         solver = cls(**options)
-        label = method_label(entry.name, {k: v for k, v in options.items()})
+        label = method_label(entry.name, options)
         for nfe in config.nfes:
-            solver.table(teacher, nfe)  # raises a clear error for an NFE the solver cannot do
-            cells.append(Cell(label, solver, nfe))
+            # built up front so an NFE a solver cannot do fails before any sampling
+            cells.append(Cell(label, solver, nfe, solver.table(teacher, nfe)))
     unused = set(config.solver_args) - used_args
     if unused:
         raise GasbenchError(
@@ -154,9 +155,8 @@ def run_cell(config, teacher, cell: Cell, seeds, reference, progress, overall) -
     progress.update(overall, description=f"{teacher.name}: {cell.label} NFE {cell.nfe}")
     stats = ExecutionStats()
     start = time.perf_counter()
-    table = cell.solver.table(teacher, cell.nfe)
     samples = sample_seeds(
-        teacher, table, seeds, config.batch_size, stats=stats, on_batch=lambda n: progress.advance(overall, n)
+        teacher, cell.table, seeds, config.batch_size, stats=stats, on_batch=lambda n: progress.advance(overall, n)
     )
     wall = time.perf_counter() - start
     batches = -(-len(seeds) // config.batch_size)
