@@ -67,6 +67,8 @@ def run(
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where records are written."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="Time-step schedule for every method; default: the teacher's."),
     solver_arg: Optional[list[str]] = typer.Option(None, "--solver-arg", help="key=value option for every method that has it (repeatable)."),
+    metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Comma-separated metrics; default: the teacher's (see `gasbench list metrics`)."),
+    seeds: int = typer.Option(1, "--seeds", help="Independent evaluation seed sets; tables show mean +/- std over them."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute cells that already have a matching record."),
     plugin: Optional[list[str]] = PluginOption,
 ):
@@ -82,17 +84,18 @@ def run(
         teacher=dataset, methods=_split(methods) or None, nfes=_ints(nfe, "--nfe"), seed=seed,
         num_samples=num_samples, batch_size=batch_size, results_dir=results_dir,
         schedule=schedule, solver_args=_key_values(solver_arg), overwrite=overwrite,
+        metrics=_split(metrics) or None, seed_sets=seeds,
     )
     start = time.perf_counter()
     records = run_benchmark(config, err_console)
     err_console.print(f"{len(records)} cells recorded under {results_dir} in {time.perf_counter() - start:.1f} s")
-    console.print(render(results_dir, "rmse", "markdown", teacher=records[0]["teacher"]["name"]))
+    console.print(render(results_dir, (config.metrics or [])[:1] or None, "markdown", teacher=records[0]["teacher"]["name"]))
 
 
 @app.command()
 def table(
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where records were written."),
-    metric: str = typer.Option("rmse", "--metric", help="Metric to tabulate (see `gasbench list metrics`)."),
+    metric: Optional[list[str]] = typer.Option(None, "--metric", help="Comma-separated metrics to tabulate (see `gasbench list metrics`); default: each teacher's first."),
     fmt: str = typer.Option("markdown", "--format", help="markdown, latex or csv."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Only this teacher's table."),
     into: Optional[Path] = typer.Option(None, "--into", help="Also write the tables between the gasbench-table markers of this file (e.g. README.md)."),
@@ -100,7 +103,7 @@ def table(
     """Render leaderboards from recorded results: rows = methods, columns = NFE, best in bold."""
     from gasbench.tables import render, write_into
 
-    text = render(results_dir, metric, fmt, teacher)
+    text = render(results_dir, _split(metric) or None, fmt, teacher)
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     if into is not None:
         write_into(into, text)
@@ -135,8 +138,8 @@ def list_(
 
 @teacher_app.command("train")
 def teacher_train(
-    name: str = typer.Argument("digits", help="Built-in teacher to train (digits)."),
-    out: Path = typer.Option(Path("digits.safetensors"), "--out", help="Where to write the safetensors weights."),
+    name: str = typer.Argument("digits", help="Built-in teacher to train: digits or fashion."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the safetensors weights (default NAME.safetensors)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Training iterations; default: the committed run's."),
     seed: int = typer.Option(0, "--seed"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file to resume from / write to."),
@@ -144,18 +147,16 @@ def teacher_train(
     """Reproduce a built-in teacher's committed weights and compare them with the pinned sha256."""
     import torch
 
-    from gasbench.teachers import digits, training
+    from gasbench.teachers import training
     from gasbench.weights import sha256_of
 
-    if name != "digits":
-        raise GasbenchError(f"no trainer for teacher '{name}'; trainable: digits.")
+    if name not in training.RECIPES:
+        raise GasbenchError(f"no trainer for teacher '{name}'; trainable: {', '.join(training.RECIPES)}.")
+    out = out or Path(f"{name}.safetensors")
     torch.set_num_threads(2)  # the committed weights were trained with 2 threads; see README
-    kwargs = {"seed": seed, "checkpoint_path": checkpoint}
-    if iterations is not None:
-        kwargs["iterations"] = iterations
-    training.train_digits_teacher(out, **kwargs)
+    training.train_builtin_teacher(name, out, iterations=iterations, seed=seed, checkpoint_path=checkpoint)
     sha = sha256_of(out)
-    same = "identical to" if sha == digits.WEIGHTS_SHA256 else "different from"
+    same = "identical to" if sha == TEACHERS.get(name).WEIGHTS_SHA256 else "different from"
     console.print(f"wrote {out} (sha256 {sha}), {same} the committed weights")
 
 
@@ -197,6 +198,29 @@ def bench_overhead(
     for r in rows:
         out.add_row(r["method"], str(r["nfe"]), f"{r['denoiser_ms']:.1f}", f"{r['solver_ms']:.2f}",
                     f"{r['overhead_pct']:.2f}%", f"{r['table_ms']:.1f}")
+    console.print(out)
+
+
+@bench_app.command("metrics")
+def bench_metrics(
+    dataset: str = typer.Option("digits", "--dataset", "-d"),
+    metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Default: the teacher's metrics plus fid, lpips-alex and lpips-vgg."),
+    num_samples: int = typer.Option(200, "--num-samples", "-n"),
+):
+    """Images per second of each metric's pipeline on CPU or GPU (one-off setup reported apart)."""
+    import torch
+
+    from gasbench.overhead import measure_metric_speed
+    from gasbench.tables import default_metrics
+
+    names = _split(metrics) or list(dict.fromkeys([*default_metrics(dataset), "fid", "lpips-alex", "lpips-vgg"]))
+    teacher = TEACHERS.get(dataset)()
+    rows = measure_metric_speed(teacher, names, num_samples)
+    out = Table(title=f"metric speed on {dataset}, {num_samples} samples, {torch.get_num_threads()} threads")
+    for col in ("metric", "setup s (once)", "compute s", "images/s"):
+        out.add_column(col, justify="right")
+    for r in rows:
+        out.add_row(r["metric"], f"{r['setup_s']:.2f}", f"{r['compute_s']:.3f}", f"{r['images_per_s']:.1f}")
     console.print(out)
 
 

@@ -1,47 +1,221 @@
-"""Metrics as registered plugins; each declares whether higher is better.
+"""Metrics as registered plugins; each declares whether higher is better and what it compares.
 
-The first family compares a method's samples with the teacher's own solution from the same
-noise and condition: RMSE in the sample space (pixels in [-1, 1], or latents) and PSNR on the
-decoded images in [0, 1].
+Paired metrics compare a method's samples with the teacher's own solution from the same noise and
+condition (RMSE, L1, L2, PSNR, LPIPS). Distribution metrics compare the samples with real images in
+a feature space (FID on Inception features, the domain FD on a built-in teacher's classifier
+features, and precision / recall / density / coverage, GAS Appendix B.6 after Naeem et al. 2020),
+so they also score the teacher itself: the "teacher" row of the leaderboards.
+
+A plugin adds a metric with::
+
+    @metric("my-metric", higher_is_better=False, description="...")
+    def my_metric(evaluation: Evaluation) -> float: ...
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 
+from gasbench.errors import GasbenchError
+from gasbench.features import feature_space
 from gasbench.registry import METRICS, register_metric
+
+PRDC_NEAREST_K = 5  # Naeem et al. (2020) and GAS Appendix B.6
+PRDC_REAL_SUBSET_SEED = 0
+
+
+@dataclass
+class Evaluation:
+    """What a metric sees for one cell: the samples, the teacher's solution from the same noise
+    (None when scoring the teacher itself) and the teacher. Decoded images and features are
+    computed once and shared by every metric of the cell."""
+
+    samples: torch.Tensor
+    reference: Optional[torch.Tensor]
+    teacher: Any
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def once(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def decoded(self) -> torch.Tensor:
+        return self.once("decoded", lambda: self.teacher.decode(self.samples))
+
+    def decoded_reference(self) -> torch.Tensor:
+        return self.once("decoded_reference", lambda: self.teacher.decode(self.paired_reference()))
+
+    def paired_reference(self) -> torch.Tensor:
+        if self.reference is None:
+            raise GasbenchError("a paired metric needs the teacher's sample from the same noise")
+        return self.reference
+
+    def features(self, space: str) -> np.ndarray:
+        return self.once(("features", space), lambda: feature_space(space).extract(self.decoded(), self.teacher))
+
+    def real_features(self, space: str) -> np.ndarray:
+        return self.once(("real", space), lambda: feature_space(space).reference(self.teacher)[0])
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str
     higher_is_better: bool
-    compute: Callable[[torch.Tensor, torch.Tensor, object], float]
+    compute: Callable[[Evaluation], float]
     description: str
+    paired: bool
+    provenance: Optional[Callable[[Any], dict]] = None
+
+    def describe(self, teacher) -> dict[str, Any]:
+        """What a record stores about how the metric was computed for ``teacher``."""
+        out = {"description": self.description, "higher_is_better": self.higher_is_better}
+        return {**out, **self.provenance(teacher)} if self.provenance is not None else out
 
 
-def metric(name: str, higher_is_better: bool, description: str):
+def metric(name: str, higher_is_better: bool, description: str, paired: bool = True, provenance=None):
     def wrap(fn):
-        register_metric(name, description=description)(Metric(name, higher_is_better, fn, description))
+        register_metric(name, description=description)(
+            Metric(name, higher_is_better, fn, description, paired, provenance)
+        )
         return fn
 
     return wrap
 
 
+def get_metric(name: str) -> Metric:
+    return METRICS.get(name)
+
+
+# --- paired metrics ------------------------------------------------------------------------------
+
+def _difference(evaluation: Evaluation) -> torch.Tensor:
+    return (evaluation.samples.double() - evaluation.paired_reference().double()).flatten(1)
+
+
 @metric("rmse", higher_is_better=False, description="Root mean squared distance to the teacher's sample from the same noise (sample space)")
-def rmse(samples: torch.Tensor, reference: torch.Tensor, teacher) -> float:
-    return float((samples.double() - reference.double()).pow(2).mean().sqrt())
+def rmse(evaluation: Evaluation) -> float:
+    return float(_difference(evaluation).pow(2).mean().sqrt())
+
+
+@metric("l1", higher_is_better=False, description="Mean absolute difference to the teacher's sample from the same noise (sample space)")
+def l1(evaluation: Evaluation) -> float:
+    return float(_difference(evaluation).abs().mean())
+
+
+@metric("l2", higher_is_better=False, description="Mean Euclidean distance per sample to the teacher's sample from the same noise (sample space)")
+def l2(evaluation: Evaluation) -> float:
+    return float(_difference(evaluation).norm(dim=1).mean())
 
 
 @metric("psnr", higher_is_better=True, description="PSNR (dB) of decoded images against the teacher's decoded sample from the same noise")
-def psnr(samples: torch.Tensor, reference: torch.Tensor, teacher) -> float:
-    a, b = teacher.decode(samples).double(), teacher.decode(reference).double()
+def psnr(evaluation: Evaluation) -> float:
+    a, b = evaluation.decoded().double(), evaluation.decoded_reference().double()
     mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-12)
     return float((10 * torch.log10(1.0 / mse)).mean())
 
 
-def get_metric(name: str) -> Metric:
-    return METRICS.get(name)
+LPIPS_RESIZE = 224  # GAS upsamples to 224 for LPIPS; AlexNet's stride-4 stem also needs it for 8x8
+
+
+def _lpips(net: str):
+    def compute(evaluation: Evaluation) -> float:
+        from gasbench.lpips_metric import lpips_distance
+
+        model = _lpips_model(net)[0]
+        distances = lpips_distance(evaluation.decoded(), evaluation.decoded_reference(), model, resize_to=LPIPS_RESIZE)
+        return float(distances.double().mean())
+
+    def provenance(teacher) -> dict:
+        return {"backbone": _lpips_model(net)[1], "resize_to": LPIPS_RESIZE}
+
+    return compute, provenance
+
+
+@lru_cache(maxsize=2)
+def _lpips_model(net: str):
+    from gasbench.lpips_metric import load_lpips
+
+    return load_lpips(net)
+
+
+for _net in ("alex", "vgg"):
+    _compute, _provenance = _lpips(_net)
+    metric(f"lpips-{_net}", higher_is_better=False, provenance=_provenance,
+           description=f"LPIPS ({_net}, images upsampled to {LPIPS_RESIZE}) to the teacher's sample from the same noise")(_compute)
+
+
+# --- distribution metrics ------------------------------------------------------------------------
+
+def _space_provenance(space_of: Callable[[Any], str]) -> Callable[[Any], dict]:
+    def provenance(teacher) -> dict:
+        return feature_space(space_of(teacher)).reference(teacher)[1]
+
+    return provenance
+
+
+def _frechet(space_of: Callable[[Any], str]) -> Callable[[Evaluation], float]:
+    def compute(evaluation: Evaluation) -> float:
+        from gasbench.fid import fid_from_features
+
+        space = space_of(evaluation.teacher)
+        return fid_from_features(evaluation.features(space), evaluation.real_features(space))
+
+    return compute
+
+
+def _inception(teacher) -> str:
+    return "inception"
+
+
+def _domain(teacher) -> str:
+    return "domain"
+
+
+def _prdc_space(teacher) -> str:
+    """Built-in teachers' precision/recall use their domain classifier, others Inception."""
+    return "domain" if getattr(teacher, "domain_classifier", None) else "inception"
+
+
+metric("fid", higher_is_better=False, paired=False, provenance=_space_provenance(_inception),
+       description="FID: Frechet distance of Inception-v3 features (clean-fid protocol) to the real images")(_frechet(_inception))
+metric("fd", higher_is_better=False, paired=False, provenance=_space_provenance(_domain),
+       description="Domain FD: Frechet distance of the built-in teacher's classifier features to the real images")(_frechet(_domain))
+
+
+def prdc(evaluation: Evaluation) -> dict[str, float]:
+    """Precision, recall, density and coverage (Naeem et al. 2020) with k = 5, on as many real
+    images (a fixed random subset) as samples, since the k-NN radii depend on the set sizes."""
+
+    def compute() -> dict[str, float]:
+        from prdc import compute_prdc
+
+        space = _prdc_space(evaluation.teacher)
+        fake = evaluation.features(space)
+        real = evaluation.real_features(space)
+        if len(fake) <= PRDC_NEAREST_K:
+            raise GasbenchError(f"precision/recall need more than {PRDC_NEAREST_K} samples, got {len(fake)}.")
+        rng = np.random.default_rng(PRDC_REAL_SUBSET_SEED)
+        subset = real[np.sort(rng.choice(len(real), size=min(len(real), len(fake)), replace=False))]
+        return {k: float(v) for k, v in compute_prdc(subset, fake, PRDC_NEAREST_K).items()}
+
+    return evaluation.once("prdc", compute)
+
+
+def _prdc_provenance(teacher) -> dict:
+    return {**_space_provenance(_prdc_space)(teacher), "nearest_k": PRDC_NEAREST_K,
+            "real_subset": f"as many real images as samples, numpy default_rng({PRDC_REAL_SUBSET_SEED})"}
+
+
+for _name, _what in (("precision", "fraction of samples inside the real images' k-NN manifold"),
+                     ("recall", "fraction of real images inside the samples' k-NN manifold"),
+                     ("density", "mean count of real k-NN balls holding each sample, / k"),
+                     ("coverage", "fraction of real images whose k-NN ball holds a sample")):
+    metric(_name, higher_is_better=True, paired=False, provenance=_prdc_provenance,
+           description=f"{_name.capitalize()} (Naeem et al. 2020, k={PRDC_NEAREST_K}): {_what}")(
+        lambda evaluation, _name=_name: prdc(evaluation)[_name])

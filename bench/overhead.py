@@ -48,3 +48,33 @@ def measure_overhead(teacher, methods: list[str], nfes: list[int], batch_size: i
                 "table_ms": table_ms,
             })
     return rows
+
+
+def measure_metric_speed(teacher, metrics: list[str], num_samples: int, seed: int = 0):
+    """Rows of (metric, setup s, compute s, images/s) on ``num_samples`` samples of the teacher.
+
+    Each metric gets a fresh :class:`~gasbench.metrics.Evaluation`, so features shared between
+    metrics in a real run (FD and precision/recall on the same features) are counted for every
+    metric here. ``setup`` is the one-off cost paid before the first cell: loading networks and
+    the real images' reference features (cached on disk afterwards); it is measured on a
+    two-sample evaluation and excluded from images/s.
+    """
+    from gasbench.metrics import Evaluation, get_metric
+    from gasbench.sampling import sample_seeds
+
+    seeds = list(range(seed, seed + num_samples))
+    table = SOLVERS.get("euler")().table(teacher, 4)
+    samples = sample_seeds(teacher, table, seeds, batch_size=256)
+    reference = sample_seeds(teacher, SOLVERS.get("euler")().table(teacher, 8), seeds, batch_size=256)
+    rows = []
+    for name in metrics:
+        spec = get_metric(name)
+        t0 = time.perf_counter()
+        spec.describe(teacher)
+        warmup = 2 if spec.paired else 6  # precision/recall need more than k = 5 samples
+        spec.compute(Evaluation(samples[:warmup], reference[:warmup], teacher))
+        t1 = time.perf_counter()
+        spec.compute(Evaluation(samples, reference, teacher))
+        seconds = time.perf_counter() - t1
+        rows.append({"metric": name, "setup_s": t1 - t0, "compute_s": seconds, "images_per_s": num_samples / seconds})
+    return rows

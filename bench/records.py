@@ -5,11 +5,14 @@ Layout::
     <results>/<teacher>/<method>/nfe<N>/metrics.json   the record (schema below)
     <results>/<teacher>/<method>/nfe<N>/samples.png    a fixed-seed sample grid
 
-Record schema (version 1): ``teacher`` (name, sha256, shape, reference solver), ``method``,
-``nfe`` (requested), ``nfe_measured`` (denoiser calls per sample counted by the executor),
-``solver`` (resolved options and their hash), ``metrics`` (name -> value), ``num_samples``,
-``seeds`` ([first, last]), ``conditions``, ``wall_time_s``, ``peak_memory_mb``, ``training``
-(null for handcrafted solvers), ``versions`` (gasbench, torch, python, code revision), ``created``.
+Record schema (version 2): ``teacher`` (name, sha256, shape, reference solver), ``method``
+(``teacher`` for the teacher's own row), ``nfe`` (requested), ``nfe_measured`` (denoiser calls per
+sample counted by the executor), ``solver`` (resolved options and their hash), ``metrics`` (name ->
+mean over seed sets), ``metrics_std`` and ``metrics_per_seed_set`` (with several seed sets),
+``metric_provenance`` (per metric: networks and their sha256, reference images), ``num_samples``
+(all seed sets), ``seeds`` ([[first, last], ...] per seed set), ``conditions``, ``wall_time_s``,
+``peak_memory_mb``, ``training`` (null for handcrafted solvers), ``versions`` (gasbench, torch,
+python, code revision), ``created``. Records of another schema version are ignored (recomputed).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any, Iterator
 
 from gasbench.errors import GasbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+TEACHER_LABEL = "teacher"  # the method name of the teacher's own row
 
 
 def write_atomic(path: Path, data: bytes) -> None:

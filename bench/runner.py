@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -24,9 +25,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import gasbench
 from gasbench.errors import GasbenchError
 from gasbench.images import save_grid
-from gasbench.metrics import get_metric
+from gasbench.metrics import Evaluation, Metric, get_metric
 from gasbench.records import (
     SCHEMA_VERSION,
+    TEACHER_LABEL,
     cell_dir,
     code_revision,
     ensure_writable,
@@ -52,8 +54,14 @@ class RunConfig:
     results_dir: Path = Path("results")
     schedule: Optional[str] = None
     solver_args: dict[str, str] = field(default_factory=dict)
-    metrics: list[str] = field(default_factory=lambda: ["rmse", "psnr"])
+    metrics: Optional[list[str]] = None  # None: the teacher's default metrics
+    seed_sets: int = 1  # independent evaluation seed sets (mean and std over them)
     overwrite: bool = False
+
+    def seed_ranges(self) -> list[list[int]]:
+        """Seed set k is ``seed + k * num_samples ... + num_samples - 1``: disjoint, contiguous."""
+        return [list(range(self.seed + k * self.num_samples, self.seed + (k + 1) * self.num_samples))
+                for k in range(self.seed_sets)]
 
 
 @dataclass
@@ -110,78 +118,140 @@ def save_reference_grid(teacher, reference: torch.Tensor, results_dir: Path) -> 
 
 
 def run(config: RunConfig, console: Optional[Console] = None) -> list[dict[str, Any]]:
-    """Run every (method, NFE) cell of ``config``; returns the records (new or reused)."""
+    """Run every (method, NFE) cell of ``config``, plus the teacher's own row; returns the records
+    (new or reused), the teacher's first if it has one."""
     console = console or Console(stderr=True)
     for name in config.methods or []:
         SOLVERS.resolve(name)  # unknown names fail before the teacher is loaded
     teacher = TEACHERS.get(config.teacher)()
-    for name in config.metrics:
-        get_metric(name)
+    metrics = [get_metric(name) for name in (config.metrics or teacher.default_metrics)]
     cells = build_cells(config, teacher)
     if config.num_samples < 1:
         raise GasbenchError(f"--num-samples must be at least 1, got {config.num_samples}.")
+    if config.seed_sets < 1:
+        raise GasbenchError(f"--seeds must be at least 1, got {config.seed_sets}.")
     ensure_writable(config.results_dir)
-    seeds = list(range(config.seed, config.seed + config.num_samples))
-    records = []
+    seed_sets = config.seed_ranges()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        cache = TrajectoryCache(teacher, tuple(seeds))
+        references = []
         ref = teacher.reference
-        task = progress.add_task(f"{teacher.name}: reference {ref.solver} NFE {ref.nfe}", total=len(seeds))
-        cache.generate(config.batch_size, on_samples=lambda n: progress.advance(task, n))
-        reference = cache.load()["x0"]
-        save_reference_grid(teacher, reference, config.results_dir)
-        overall = progress.add_task(f"{teacher.name}: {len(cells)} cells", total=len(cells) * len(seeds))
+        for seeds in seed_sets:
+            cache = TrajectoryCache(teacher, tuple(seeds))
+            task = progress.add_task(f"{teacher.name}: reference {ref.solver} NFE {ref.nfe}, seeds {seeds[0]}-", total=len(seeds))
+            cache.generate(config.batch_size, on_samples=lambda n, task=task: progress.advance(task, n))
+            references.append(cache.load()["x0"])
+        save_reference_grid(teacher, references[0], config.results_dir)
+        teacher_record = record_teacher(config, teacher, metrics, seed_sets, references)
+        records = [teacher_record] if teacher_record is not None else []
+        overall = progress.add_task(f"{teacher.name}: {len(cells)} cells", total=len(cells) * len(seed_sets) * config.num_samples)
         for cell in cells:
-            record = run_cell(config, teacher, cell, seeds, reference, progress, overall)
-            records.append(record)
+            records.append(run_cell(config, teacher, metrics, cell, seed_sets, references, progress, overall))
     return records
 
 
-def run_cell(config, teacher, cell: Cell, seeds, reference, progress, overall) -> dict[str, Any]:
+def _score(metrics: list[Metric], evaluations: list[Evaluation]) -> dict[str, Any]:
+    """Each metric on each seed set; mean, and sample std when there are several sets."""
+    per_set = {m.name: [m.compute(e) for e in evaluations] for m in metrics}
+    out = {"metrics": {name: float(np.mean(values)) for name, values in per_set.items()}}
+    if len(evaluations) > 1:
+        out["metrics_std"] = {name: float(np.std(values, ddof=1)) for name, values in per_set.items()}
+        out["metrics_per_seed_set"] = per_set
+    return out
+
+
+def _common_fields(teacher, metrics: list[Metric], seed_sets, identity) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION,
+        "identity": identity,
+        "teacher": teacher.describe(),
+        "metric_provenance": {m.name: m.describe(teacher) for m in metrics},
+        "num_samples": sum(len(s) for s in seed_sets),
+        "seeds": [[s[0], s[-1]] for s in seed_sets],
+        "conditions": "class label uniform at random from each sample's seed" if teacher.num_classes else "none",
+        "versions": {"gasbench": gasbench.__version__, "torch": torch.__version__,
+                     "python": platform.python_version(), "code_revision": code_revision()},
+    }
+
+
+def _reusable(path: Path, identity: dict, overwrite: bool) -> Optional[dict[str, Any]]:
+    existing = read_record(path)
+    if existing is not None and not overwrite and existing.get("identity") == identity:
+        return existing
+    return None
+
+
+def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets, references) -> Optional[dict[str, Any]]:
+    """The teacher row (GAS Table 2's first row): its reference solver's samples scored with the
+    distribution metrics; paired metrics would compare it with itself and are left out, so with
+    no distribution metric there is no teacher row (None)."""
+    unpaired = [m for m in metrics if not m.paired]
+    if not unpaired:
+        return None
+    ref = teacher.reference
+    identity = {
+        "teacher_sha256": teacher.weights_sha256,
+        "reference": ref.to_dict(),
+        "seeds": [[s[0], s[-1]] for s in seed_sets],
+        "metrics": sorted(m.name for m in unpaired),
+    }
+    out_dir = cell_dir(config.results_dir, teacher.name, TEACHER_LABEL, ref.nfe)
+    existing = _reusable(out_dir / "metrics.json", identity, config.overwrite)
+    if existing is not None:
+        return existing
+    evaluations = [Evaluation(reference, None, teacher) for reference in references]
+    record = {
+        **_common_fields(teacher, unpaired, seed_sets, identity),
+        "method": TEACHER_LABEL,
+        "solver": {"name": ref.solver, "learned": False, "reference": True, **ref.to_dict()},
+        "nfe": ref.nfe,
+        **_score(unpaired, evaluations),
+        "training": None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(out_dir / "metrics.json", record)
+    return record
+
+
+def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, references, progress, overall) -> dict[str, Any]:
     out_dir = cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe)
     solver_config = cell.solver.resolved_config(teacher)
     identity = {
         "teacher_sha256": teacher.weights_sha256,
         "solver_hash": cell.solver.config_hash(teacher),
-        "seeds": [seeds[0], seeds[-1]],
-        "metrics": sorted(config.metrics),
+        "seeds": [[s[0], s[-1]] for s in seed_sets],
+        "metrics": sorted(m.name for m in metrics),
     }
-    existing = read_record(out_dir / "metrics.json")
-    if existing is not None and not config.overwrite and existing.get("identity") == identity:
-        progress.advance(overall, len(seeds))
+    existing = _reusable(out_dir / "metrics.json", identity, config.overwrite)
+    if existing is not None:
+        progress.advance(overall, sum(len(s) for s in seed_sets))
         return existing
     progress.update(overall, description=f"{teacher.name}: {cell.label} NFE {cell.nfe}")
     stats = ExecutionStats()
     start = time.perf_counter()
-    samples = sample_seeds(
-        teacher, cell.table, seeds, config.batch_size, stats=stats, on_batch=lambda n: progress.advance(overall, n)
-    )
+    evaluations = []
+    for seeds, reference in zip(seed_sets, references):
+        samples = sample_seeds(teacher, cell.table, seeds, config.batch_size, stats=stats,
+                               on_batch=lambda n: progress.advance(overall, n))
+        evaluations.append(Evaluation(samples, reference, teacher))
     wall = time.perf_counter() - start
-    batches = -(-len(seeds) // config.batch_size)
-    metrics = {name: get_metric(name).compute(samples, reference, teacher) for name in config.metrics}
-    save_grid(teacher.decode(samples[:GRID_SIZE]), out_dir / "samples.png")
+    batches = sum(-(-len(seeds) // config.batch_size) for seeds in seed_sets)
+    scores = _score(metrics, evaluations)
+    save_grid(teacher.decode(evaluations[0].samples[:GRID_SIZE]), out_dir / "samples.png")
     record = {
-        "schema": SCHEMA_VERSION,
-        "identity": identity,
-        "teacher": teacher.describe(),
+        **_common_fields(teacher, metrics, seed_sets, identity),
         "method": cell.label,
         "solver": {"name": cell.solver.name, "learned": cell.solver.learned, **solver_config,
                    "hash": identity["solver_hash"]},
         "nfe": cell.nfe,
         "nfe_measured": stats.nfe / batches,
         "nfe_convention": "denoiser evaluations per sample counted by the executor; CFG pair = 1",
-        "metrics": metrics,
-        "num_samples": len(seeds),
-        "seeds": [seeds[0], seeds[-1]],
-        "conditions": "class label uniform at random from each sample's seed" if teacher.num_classes else "none",
+        **scores,
         "wall_time_s": round(wall, 3),
         "denoiser_time_s": round(stats.denoiser_seconds, 3),
         "peak_memory_mb": round(_peak_memory_mb(), 1),
         "training": None,
-        "versions": {"gasbench": gasbench.__version__, "torch": torch.__version__,
-                     "python": platform.python_version(), "code_revision": code_revision()},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json_atomic(out_dir / "metrics.json", record)

@@ -9,63 +9,110 @@ import pandas as pd
 
 from gasbench.errors import GasbenchError
 from gasbench.metrics import get_metric
-from gasbench.records import iter_records
+from gasbench.records import TEACHER_LABEL, iter_records
 
 FORMATS = ("markdown", "latex", "csv")
 
 
 def load_frame(results_dir: Path) -> pd.DataFrame:
-    """One row per (teacher, method, NFE, metric) from every record under ``results_dir``."""
+    """One row per (teacher, method, NFE, metric) from every record under ``results_dir``, with
+    the mean over seed sets and their std (NaN for a single seed set)."""
     rows = [
-        {"teacher": r["teacher"]["name"], "method": r["method"], "nfe": r["nfe"], "metric": name, "value": value}
+        {"teacher": r["teacher"]["name"], "method": r["method"], "nfe": r["nfe"], "metric": name, "value": value,
+         "std": r.get("metrics_std", {}).get(name, float("nan")),
+         "reference": f"{r['solver']['name']} NFE {r['nfe']}" if r["method"] == TEACHER_LABEL else None}
         for r in iter_records(results_dir)
         for name, value in r["metrics"].items()
     ]
-    return pd.DataFrame(rows, columns=["teacher", "method", "nfe", "metric", "value"])
+    return pd.DataFrame(rows, columns=["teacher", "method", "nfe", "metric", "value", "std", "reference"])
 
 
-def leaderboard(frame: pd.DataFrame, teacher: str, metric: str) -> pd.DataFrame:
-    """The numeric table of one teacher and metric: methods x NFE."""
+def leaderboard(frame: pd.DataFrame, teacher: str, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The numeric tables (means, stds) of one teacher and metric: methods x NFE. The teacher's
+    own row comes first, its one value repeated under every NFE as the bar to reach."""
     sub = frame[(frame.teacher == teacher) & (frame.metric == metric)]
-    table = sub.pivot_table(index="method", columns="nfe", values="value", aggfunc="first")
-    table.columns = [f"NFE={c}" for c in table.columns]
-    table.index.name = "Method"
-    return table
+    methods = sub[sub.method != TEACHER_LABEL]
+    tables = []
+    for values in ("value", "std"):
+        table = methods.pivot_table(index="method", columns="nfe", values=values, aggfunc="first", dropna=False)
+        teacher_rows = sub[sub.method == TEACHER_LABEL]
+        if not teacher_rows.empty and not table.empty:
+            row = teacher_rows.iloc[0]
+            table = pd.concat([pd.DataFrame([[row[values]] * len(table.columns)], columns=table.columns,
+                                            index=[f"Teacher ({row['reference']})"]), table])
+        table.columns = [f"NFE={c}" for c in table.columns]
+        table.index.name = "Method"
+        tables.append(table)
+    return tables[0], tables[1]
 
 
-def _with_bold_best(table: pd.DataFrame, higher_is_better: bool, bold) -> pd.DataFrame:
-    best = table.max() if higher_is_better else table.min()
-    shown = table.map(lambda v: "-" if pd.isna(v) else f"{v:.4g}")
-    for col in table.columns:
-        hits = table[col] == best[col]
+def _shown(means: pd.DataFrame, stds: pd.DataFrame, higher_is_better: bool, bold) -> pd.DataFrame:
+    """Formatted cells, ``mean ± std`` where a std exists; the best method (not the teacher) bold."""
+    methods = means[~means.index.str.startswith("Teacher (")]
+    best = methods.max() if higher_is_better else methods.min()
+
+    def cell(mean: float, std: float) -> str:
+        if pd.isna(mean):
+            return "-"
+        return f"{mean:.4g}" if pd.isna(std) else f"{mean:.4g} ± {std:.2g}"
+
+    shown = pd.DataFrame({c: [cell(m, d) for m, d in zip(means[c], stds[c])] for c in means.columns}, index=means.index)
+    for col in means.columns:
+        hits = (means[col] == best[col]) & ~means.index.str.startswith("Teacher (")
         shown.loc[hits, col] = shown.loc[hits, col].map(bold)
     return shown
 
 
-def render(results_dir: Path, metric: str = "rmse", fmt: str = "markdown", teacher: str | None = None) -> str:
+def default_metrics(teacher: str) -> tuple[str, ...]:
+    """The metrics `gasbench run` records for ``teacher`` when none are named."""
+    from gasbench.registry import TEACHERS
+    from gasbench.teachers.base import Teacher
+
+    try:
+        factory = TEACHERS.resolve(teacher).obj
+    except GasbenchError:  # a plugin teacher that is not loaded now
+        return Teacher.default_metrics
+    return getattr(factory, "default_metrics", Teacher.default_metrics)
+
+
+def _default_metric(frame: pd.DataFrame, teacher: str) -> str:
+    """The teacher's first default metric that was recorded, else the first recorded one."""
+    recorded = list(dict.fromkeys(frame[frame.teacher == teacher].metric))
+    return next((m for m in default_metrics(teacher) if m in recorded), recorded[0])
+
+
+def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "markdown", teacher: str | None = None) -> str:
+    """Leaderboards of every teacher (or one) for each of ``metrics`` (default: the teacher's first)."""
     if fmt not in FORMATS:
         raise GasbenchError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}.")
-    spec = get_metric(metric)
+    for name in metrics or []:
+        get_metric(name)
     frame = load_frame(results_dir)
     if frame.empty:
         raise GasbenchError(f"no results recorded under '{results_dir}'. Run `gasbench run` first.")
     teachers = sorted(frame.teacher.unique()) if teacher is None else [teacher]
-    arrow = "higher is better" if spec.higher_is_better else "lower is better"
     parts = []
     for name in teachers:
-        table = leaderboard(frame, name, metric)
-        if table.empty:
+        if name not in set(frame.teacher):
             continue
-        if fmt == "csv":
-            parts.append(table.reset_index().assign(teacher=name).to_csv(index=False))
-        elif fmt == "latex":
-            shown = _with_bold_best(table, spec.higher_is_better, lambda s: f"\\textbf{{{s}}}")
-            parts.append(f"% {name}: {metric} ({arrow})\n" + shown.to_latex())
-        else:
-            shown = _with_bold_best(table, spec.higher_is_better, lambda s: f"**{s}**")
-            parts.append(f"### {name}: {metric} ({arrow})\n\n" + shown.to_markdown())
+        for metric in metrics or [_default_metric(frame, name)]:
+            spec = get_metric(metric)
+            arrow = "higher is better" if spec.higher_is_better else "lower is better"
+            means, stds = leaderboard(frame, name, metric)
+            if means.empty:
+                continue
+            if fmt == "csv":
+                merged = means.join(stds.add_suffix(" std"))
+                parts.append(merged.reset_index().assign(teacher=name, metric=metric).to_csv(index=False))
+            elif fmt == "latex":
+                shown = _shown(means, stds, spec.higher_is_better, lambda s: f"\\textbf{{{s}}}")
+                parts.append(f"% {name}: {metric} ({arrow})\n" + shown.to_latex().replace("±", "$\\pm$"))
+            else:
+                shown = _shown(means, stds, spec.higher_is_better, lambda s: f"**{s}**")
+                parts.append(f"### {name}: {metric} ({arrow})\n\n" + shown.to_markdown())
     if not parts:
-        raise GasbenchError(f"no '{metric}' results recorded under '{results_dir}' for {', '.join(teachers)}.")
+        wanted = ", ".join(metrics) if metrics else "any metric"
+        raise GasbenchError(f"no results for {wanted} recorded under '{results_dir}' for {', '.join(teachers)}.")
     return "\n\n".join(parts) + "\n"
 
 

@@ -61,6 +61,10 @@ class Teacher(ABC):
     time: VPLinearTime = VPLinearTime()
     reference: ReferenceSolver
     weights_sha256: Optional[str] = None
+    # metrics of `gasbench run` when --metrics is not given
+    default_metrics: tuple[str, ...] = ("rmse", "psnr")
+    # name of the project's classifier whose features give the domain FD (built-in teachers only)
+    domain_classifier: Optional[str] = None
 
     @abstractmethod
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
@@ -83,6 +87,11 @@ class Teacher(ABC):
         if self.num_classes == 0:
             return None
         return torch.cat([torch.randint(self.num_classes, (1,), generator=g) for g in generators])
+
+    def real_images(self) -> Optional[tuple[torch.Tensor, str]]:
+        """Real images in [0, 1], (N, C, H, W), that distribution metrics compare with, and a
+        description of where they come from; None when the teacher has none."""
+        return None
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Samples to pixels in [0, 1], shape (B, C, H, W); pixel teachers live in [-1, 1]."""

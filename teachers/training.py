@@ -15,7 +15,7 @@ import io
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from rich.progress import (
@@ -29,7 +29,7 @@ from rich.progress import (
 
 from gasbench.records import write_atomic
 
-from .datasets import load_digits_tensor
+from .datasets import load_digits_tensor, load_fashion_tensor
 from .networks import (
     EDMPrecond,
     UNetConfig,
@@ -252,46 +252,85 @@ def train_edm(
     return ema_net
 
 
-DIGITS_NET_CONFIG = UNetConfig(
-    img_channels=1,
-    img_resolution=8,
-    num_classes=10,
-    model_channels=32,
-    channel_mult=(1, 2),
-    num_res_blocks=2,
-    emb_dim=128,
-    dropout=0.0,
-    attention=True,
-)
-DIGITS_TRAIN_CONFIG = TrainConfig()
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """Everything that reproduces a built-in teacher's committed weights."""
+
+    name: str
+    net_config: UNetConfig
+    train_config: TrainConfig
+    load_data: Callable[[], tuple[torch.Tensor, Optional[torch.Tensor]]]
+    dataset_description: str
 
 
-def train_digits_teacher(
+RECIPES = {
+    "digits": TeacherRecipe(
+        name="digits",
+        net_config=UNetConfig(
+            img_channels=1,
+            img_resolution=8,
+            num_classes=10,
+            model_channels=32,
+            channel_mult=(1, 2),
+            num_res_blocks=2,
+            emb_dim=128,
+            dropout=0.0,
+            attention=True,
+        ),
+        train_config=TrainConfig(),
+        load_data=load_digits_tensor,
+        dataset_description="sklearn.datasets.load_digits (1797 images, 1x8x8, [-1, 1], 10 classes)",
+    ),
+    # Sized for <= 90 minutes on 2 CPU cores: one residual block per level at 28/14/7 pixels
+    # (0.63 s per batch-64 step, measured) for 5,000 steps, i.e. 5.3 epochs of the training set.
+    "fashion": TeacherRecipe(
+        name="fashion",
+        net_config=UNetConfig(
+            img_channels=1,
+            img_resolution=28,
+            num_classes=10,
+            model_channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            emb_dim=128,
+            dropout=0.0,
+            attention=True,
+        ),
+        train_config=TrainConfig(
+            iterations=5000, batch_size=64, lr=1e-3, lr_warmup_iterations=500, checkpoint_every=250
+        ),
+        load_data=load_fashion_tensor,
+        dataset_description="Fashion-MNIST train split (60000 images, 1x28x28, [-1, 1], 10 classes)",
+    ),
+}
+
+
+def train_builtin_teacher(
+    name: str,
     out_path: Union[str, Path],
-    iterations: int = DIGITS_TRAIN_CONFIG.iterations,
+    iterations: Optional[int] = None,
     seed: int = 0,
     progress: bool = True,
     checkpoint_path: Optional[Union[str, Path]] = None,
 ) -> EDMPrecond:
-    """Train the built-in class-conditional 8x8 digits teacher and save it to ``out_path``.
+    """Train the built-in class-conditional teacher ``name`` (see RECIPES) and save it to ``out_path``.
 
-    Data: scikit-learn's ``load_digits`` (1,797 images in [-1, 1], 10 classes, no flips). The
-    metadata records the dataset, iterations, seed, final loss and parameter count (no wall time,
-    so a rebuild on the same machine and thread count is byte-identical).
+    The metadata records the dataset, iterations, seed, final loss and parameter count (no wall
+    time, so a rebuild on the same machine and thread count is byte-identical).
     """
-    images, labels = load_digits_tensor()
-    config = TrainConfig(
-        **{**asdict(DIGITS_TRAIN_CONFIG), "iterations": iterations, "seed": seed}
-    )
+    recipe = RECIPES[name]
+    images, labels = recipe.load_data()
+    iterations = recipe.train_config.iterations if iterations is None else iterations
+    config = TrainConfig(**{**asdict(recipe.train_config), "iterations": iterations, "seed": seed})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = EDMPrecond(DIGITS_NET_CONFIG)
+        net = EDMPrecond(recipe.net_config)
     ema_net = train_edm(net, images, labels, config, checkpoint_path, progress)
     save_network(
         ema_net,
         out_path,
         {
-            "dataset": "sklearn.datasets.load_digits (1797 images, 1x8x8, [-1, 1], 10 classes)",
+            "dataset": recipe.dataset_description,
             "iterations": str(iterations),
             "seed": str(seed),
             "final_loss": f"{ema_net.final_loss:.6f}",

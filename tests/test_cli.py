@@ -38,7 +38,7 @@ def test_run_writes_one_record_per_cell(recorded):
     record = json.loads(records[0].read_text())
     assert record["nfe_measured"] == record["nfe"]
     assert set(record["metrics"]) == {"rmse", "psnr"}
-    assert record["seeds"] == [50000, 50031]
+    assert record["seeds"] == [[50000, 50031]]
     assert (records[0].parent / "samples.png").stat().st_size > 0
 
 
@@ -113,11 +113,11 @@ def test_unwritable_results_dir(tmp_path, monkeypatch, capsys):
 
 
 def test_corrupted_teacher_weights(tmp_path, monkeypatch, capsys):
-    from gasbench.teachers import digits
+    from gasbench.teachers.builtin import DigitsTeacher
 
     bad = tmp_path / "digits.safetensors"
     bad.write_bytes(b"garbage")
-    monkeypatch.setattr(digits, "WEIGHTS", bad)
+    monkeypatch.setattr(DigitsTeacher, "WEIGHTS", bad)
     code, _, err = gasbench(monkeypatch, capsys, "run", "--methods", "euler", "--nfe", "4", "-n", "4",
                             "--results-dir", tmp_path / "r")
     assert code == 2 and "corrupt or not the pinned one" in err and "Traceback" not in err

@@ -1,0 +1,146 @@
+"""Feature spaces for distribution metrics, and the real-image reference features they compare with.
+
+A feature space maps decoded images in [0, 1] to vectors:
+
+* ``inception``: the FID Inception-v3 pool features with clean-fid's "clean" resize (FID).
+* ``domain``: the penultimate layer of the small classifier the project trained on a built-in
+  teacher's dataset (the domain Frechet distance, FD), because Inception features of 8x8 or 28x28
+  greyscale images say little about them.
+
+The real images' features are computed once per (teacher, space, real set, network) and cached as
+``$GASBENCH_HOME/reference_features/<teacher>/<space>-<key>.npz`` (written atomically, read
+without pickle). Every record names the network, its sha256 and the real set that was used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from abc import ABC, abstractmethod
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gasbench.errors import GasbenchError
+from gasbench.records import write_atomic
+from gasbench.weights import gasbench_home
+
+# clean-fid uses a dataset's full training set; Inception runs at a few images per second on a
+# CPU, so built-in teachers' FID reference uses at most this many real images (recorded).
+FID_REFERENCE_IMAGES = int(os.environ.get("GASBENCH_FID_REFERENCE_IMAGES", 2000))
+
+
+class FeatureSpace(ABC):
+    name: str
+    max_reference_images: int | None = None
+
+    @abstractmethod
+    def extract(self, images: torch.Tensor, teacher) -> np.ndarray:
+        """Features (N, D) float64 of decoded images (N, C, H, W) in [0, 1]."""
+
+    @abstractmethod
+    def network(self, teacher) -> dict[str, Any]:
+        """Name and sha256 of the feature network, for records and the cache key."""
+
+    def reference(self, teacher) -> tuple[np.ndarray, dict[str, Any]]:
+        """Features of the teacher's real images, and their provenance; computed once, then cached."""
+        images, description = _real_images(teacher)
+        if self.max_reference_images is not None:
+            images = images[: self.max_reference_images]
+        provenance = {
+            "space": self.name,
+            **self.network(teacher),
+            "reference": {"images": description, "count": int(images.shape[0]), "sha256": _tensor_sha256(images)},
+        }
+        key = hashlib.sha256(json.dumps(provenance, sort_keys=True).encode()).hexdigest()[:16]
+        path = gasbench_home() / "reference_features" / teacher.name / f"{self.name}-{key}.npz"
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    return data["features"], provenance
+            except (OSError, ValueError, KeyError) as exc:
+                raise GasbenchError(f"cached reference features {path} are unreadable ({exc}); delete the file and rerun.") from None
+        features = self.extract(images, teacher)
+        buffer = io.BytesIO()
+        np.savez(buffer, features=features)
+        write_atomic(path, buffer.getvalue())
+        return features, provenance
+
+
+def _tensor_sha256(images: torch.Tensor) -> str:
+    return hashlib.sha256(images.detach().float().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _real_images(teacher) -> tuple[torch.Tensor, str]:
+    real = teacher.real_images()
+    if real is None:
+        raise GasbenchError(
+            f"teacher '{teacher.name}' has no real reference images, so distribution metrics (fid, fd, "
+            "precision, recall, density, coverage) are undefined for it; use paired metrics such as rmse, psnr, lpips-vgg."
+        )
+    return real
+
+
+class InceptionSpace(FeatureSpace):
+    name = "inception"
+    max_reference_images = FID_REFERENCE_IMAGES
+
+    def extract(self, images: torch.Tensor, teacher) -> np.ndarray:
+        from gasbench import fid
+
+        return fid.fid_features(images, _fid_network()).astype(np.float64)
+
+    def network(self, teacher) -> dict[str, Any]:
+        return {**_fid_network().record(), "resize": "clean-fid clean (PIL bicubic to 299)"}
+
+
+@lru_cache(maxsize=1)
+def _fid_network():
+    from gasbench import fid
+
+    return fid.resolve_fid_inception()
+
+
+class DomainSpace(FeatureSpace):
+    name = "domain"
+
+    def extract(self, images: torch.Tensor, teacher) -> np.ndarray:
+        from gasbench.teachers import classifier
+
+        return classifier.domain_features(images * 2 - 1, _domain_classifier(_domain(teacher)))
+
+    def network(self, teacher) -> dict[str, Any]:
+        from gasbench.teachers import classifier
+
+        return classifier.classifier_provenance(_domain(teacher))
+
+
+def _domain(teacher) -> str:
+    if not getattr(teacher, "domain_classifier", None):
+        raise GasbenchError(
+            f"teacher '{teacher.name}' has no domain classifier (only the built-in digits and fashion "
+            "teachers do), so the domain FD is undefined for it; use fid instead."
+        )
+    return teacher.domain_classifier
+
+
+@lru_cache(maxsize=4)
+def _domain_classifier(name: str):
+    from gasbench.teachers import classifier
+
+    return classifier.load_classifier(name)
+
+
+FEATURE_SPACES: dict[str, FeatureSpace] = {space.name: space for space in (InceptionSpace(), DomainSpace())}
+
+
+def feature_space(name: str) -> FeatureSpace:
+    try:
+        return FEATURE_SPACES[name]
+    except KeyError:
+        raise GasbenchError(f"unknown feature space '{name}'; choose one of {', '.join(FEATURE_SPACES)}.") from None
