@@ -3,9 +3,10 @@
 A feature space maps decoded images in [0, 1] to vectors:
 
 * ``inception``: the FID Inception-v3 pool features with clean-fid's "clean" resize (FID).
-* ``domain``: the penultimate layer of the small classifier the project trained on a built-in
-  teacher's dataset (the domain Frechet distance, FD), because Inception features of 8x8 or 28x28
-  greyscale images say little about them.
+* ``classifier``: the penultimate layer of the small classifier the project trained on a built-in
+  teacher's dataset, the space of the domain Frechet distance (FD), because Inception features of
+  8x8 or 28x28 greyscale images say little about them.
+* ``pixels``: the decoded pixels, the domain space of the analytic ``gmm`` teacher.
 
 The real images' features are computed once per (teacher, space, real set, network) and cached as
 ``$GASBENCH_HOME/reference_features/<teacher>/<space>-<key>.npz`` (written atomically, read
@@ -106,37 +107,52 @@ def _fid_network():
     return fid.resolve_fid_inception()
 
 
-class DomainSpace(FeatureSpace):
-    name = "domain"
+class ClassifierSpace(FeatureSpace):
+    """Penultimate features of the classifier gasbench trained on a built-in teacher's data."""
+
+    name = "classifier"
 
     def extract(self, images: torch.Tensor, teacher) -> np.ndarray:
         from gasbench.teachers import classifier
 
-        return classifier.domain_features(images * 2 - 1, _domain_classifier(_domain(teacher)))
+        return classifier.domain_features(images * 2 - 1, _classifier(teacher.name))
 
     def network(self, teacher) -> dict[str, Any]:
         from gasbench.teachers import classifier
 
-        return classifier.classifier_provenance(_domain(teacher))
-
-
-def _domain(teacher) -> str:
-    if not getattr(teacher, "domain_classifier", None):
-        raise GasbenchError(
-            f"teacher '{teacher.name}' has no domain classifier (only the built-in digits and fashion "
-            "teachers do), so the domain FD is undefined for it; use fid instead."
-        )
-    return teacher.domain_classifier
+        return classifier.classifier_provenance(teacher.name)
 
 
 @lru_cache(maxsize=4)
-def _domain_classifier(name: str):
+def _classifier(name: str):
     from gasbench.teachers import classifier
 
     return classifier.load_classifier(name)
 
 
-FEATURE_SPACES: dict[str, FeatureSpace] = {space.name: space for space in (InceptionSpace(), DomainSpace())}
+class PixelSpace(FeatureSpace):
+    """The decoded pixels themselves: meaningful for low-dimensional analytic teachers (gmm)."""
+
+    name = "pixels"
+
+    def extract(self, images: torch.Tensor, teacher) -> np.ndarray:
+        return images.detach().flatten(1).double().numpy()
+
+    def network(self, teacher) -> dict[str, Any]:
+        return {"network": "identity (decoded pixels)", "sha256": None}
+
+
+def domain_space(teacher) -> str:
+    """The feature space of the teacher's domain FD."""
+    if teacher.domain_space is None:
+        raise GasbenchError(
+            f"teacher '{teacher.name}' has no domain feature space (the built-in digits and fashion "
+            "teachers have their classifiers, gmm its pixels), so the domain FD is undefined for it; use fid instead."
+        )
+    return teacher.domain_space
+
+
+FEATURE_SPACES: dict[str, FeatureSpace] = {space.name: space for space in (InceptionSpace(), ClassifierSpace(), PixelSpace())}
 
 
 def feature_space(name: str) -> FeatureSpace:

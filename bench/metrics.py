@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from gasbench.errors import GasbenchError
-from gasbench.features import feature_space
+from gasbench.features import domain_space, feature_space
 from gasbench.registry import METRICS, register_metric
 
 PRDC_NEAREST_K = 5  # Naeem et al. (2020) and GAS Appendix B.6
@@ -173,19 +173,15 @@ def _inception(teacher) -> str:
     return "inception"
 
 
-def _domain(teacher) -> str:
-    return "domain"
-
-
 def _prdc_space(teacher) -> str:
-    """Built-in teachers' precision/recall use their domain classifier, others Inception."""
-    return "domain" if getattr(teacher, "domain_classifier", None) else "inception"
+    """Precision/recall use the teacher's domain space where it has one, else Inception."""
+    return teacher.domain_space or "inception"
 
 
 metric("fid", higher_is_better=False, paired=False, provenance=_space_provenance(_inception),
        description="FID: Frechet distance of Inception-v3 features (clean-fid protocol) to the real images")(_frechet(_inception))
-metric("fd", higher_is_better=False, paired=False, provenance=_space_provenance(_domain),
-       description="Domain FD: Frechet distance of the built-in teacher's classifier features to the real images")(_frechet(_domain))
+metric("fd", higher_is_better=False, paired=False, provenance=_space_provenance(domain_space),
+       description="Domain FD: Frechet distance to the real images in the teacher's domain space (built-in teachers: their classifier's features)")(_frechet(domain_space))
 
 
 def prdc(evaluation: Evaluation) -> dict[str, float]:

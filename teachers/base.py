@@ -63,8 +63,8 @@ class Teacher(ABC):
     weights_sha256: Optional[str] = None
     # metrics of `gasbench run` when --metrics is not given
     default_metrics: tuple[str, ...] = ("rmse", "psnr")
-    # name of the project's classifier whose features give the domain FD (built-in teachers only)
-    domain_classifier: Optional[str] = None
+    # feature space of the domain FD and precision/recall (gasbench.features); None: Inception only
+    domain_space: Optional[str] = None
 
     @abstractmethod
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:

@@ -40,6 +40,7 @@ class BuiltinTeacher(NetworkTeacher):
     WEIGHTS: Path
     WEIGHTS_SHA256: str
     num_classes = 10
+    domain_space = "classifier"
     default_metrics = ("fd", "precision", "recall", "density", "coverage", "rmse", "psnr")
 
     def __init__(self, weights: Optional[Path] = None):
@@ -53,7 +54,6 @@ class BuiltinTeacher(NetworkTeacher):
             from gasbench.weights import sha256_of
 
             super().__init__(load_network(Path(weights)), sha256_of(weights))
-        self.domain_classifier = self.name
 
     def real_images(self) -> tuple[torch.Tensor, str]:
         from gasbench.teachers.classifier import real_images

@@ -24,6 +24,8 @@ class GaussianMixtureTeacher(Teacher):
 
     name = "gmm"
     reference = ReferenceSolver("unipc", 50, "logsnr", {"order": 3})
+    domain_space = "pixels"
+    REAL_IMAGES = 2000
 
     def __init__(self, means: torch.Tensor, std: float):
         self.means = means.to(torch.float64)
@@ -39,6 +41,17 @@ class GaussianMixtureTeacher(Teacher):
         shrink = self.std**2 / var
         posterior = (1 - shrink) * (weights @ mu) + shrink * x64
         return posterior.view(x.shape).to(x.dtype)
+
+    def sample_data(self, count: int, seed: int = 0) -> torch.Tensor:
+        """Exact draws from the mixture (components uniform), float64 (count, *shape)."""
+        generator = torch.Generator().manual_seed(seed)
+        component = torch.randint(len(self.means), (count,), generator=generator)
+        noise = torch.randn((count, *self.shape), generator=generator, dtype=torch.float64)
+        return self.means[component] + self.std * noise
+
+    def real_images(self) -> tuple[torch.Tensor, str]:
+        """Exact mixture draws (seed 0) as the 'real images' of distribution metrics."""
+        return self.decode(self.sample_data(self.REAL_IMAGES)), f"{self.REAL_IMAGES} exact draws from the mixture, seed 0"
 
     def exact_solution(self, x: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
         """The exact ODE flow for a single Gaussian: x - mu scales by sqrt((s^2 + sigma^2))."""
