@@ -140,3 +140,23 @@ def test_table_into_document(recorded, tmp_path, monkeypatch, capsys):
     doc.write_text("no markers")
     code, _, err = gasbench(monkeypatch, capsys, "table", "--results-dir", recorded, "--into", doc)
     assert code == 2 and "no '<!-- gasbench-table:start -->'" in err and doc.read_text() == "no markers"
+
+
+def test_seeds_and_metrics_options_and_multi_metric_table(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "r"
+    code, out, err = gasbench(monkeypatch, capsys, "run", "-d", "gmm", "-m", "euler", "--nfe", "4", "-n", "40",
+                              "--seeds", "2", "--metrics", "fd,rmse", "--results-dir", results)
+    assert code == 0, err
+    assert "### gmm: fd" in out and "Teacher (unipc NFE 50)" in out and "±" in out
+    code, out, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", results, "--metric", "fd,rmse")
+    assert code == 0 and "### gmm: fd" in out and "### gmm: rmse" in out
+    code, _, err = gasbench(monkeypatch, capsys, "run", "-d", "gmm", "-m", "euler", "--nfe", "4", "-n", "40",
+                            "--seeds", "0", "--results-dir", results)
+    assert code == 2 and "--seeds must be at least 1" in err
+
+
+def test_unknown_metric_is_one_line(tmp_path, monkeypatch, capsys):
+    code, _, err = gasbench(monkeypatch, capsys, "run", "-d", "gmm", "-m", "euler", "--nfe", "4", "-n", "8",
+                            "--metrics", "fdd", "--results-dir", tmp_path / "r")
+    assert code == 2 and "fdd" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

@@ -73,3 +73,27 @@ def test_gmm_denoiser_is_the_posterior_mean():
     residual = x0 - teacher.denoise(x, torch.tensor(sigma), None)
     assert residual.mean().abs() < 5e-3
     assert (residual * x).mean().abs() < 5e-3
+
+
+def test_fashion_mnist_missing_or_corrupt_files_are_named(tmp_path, monkeypatch):
+    from gasbench.errors import GasbenchError
+    from gasbench.teachers.datasets import FASHION_FILES, load_fashion_tensor
+
+    monkeypatch.setenv("GASBENCH_FASHION_MNIST", str(tmp_path))
+    with pytest.raises(GasbenchError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_tensor("test")
+    for name, _ in FASHION_FILES.values():
+        (tmp_path / name).write_bytes(b"not gzip")
+    with pytest.raises(GasbenchError, match="is corrupt or not Fashion-MNIST"):
+        load_fashion_tensor("test")
+
+
+def test_fashion_mnist_from_the_debian_package():
+    from gasbench.teachers.datasets import fashion_dir, load_fashion_tensor
+
+    if not (fashion_dir() / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"Fashion-MNIST not installed in {fashion_dir()} (apt-get install dataset-fashion-mnist)")
+    images, labels = load_fashion_tensor("test")
+    assert images.shape == (10_000, 1, 28, 28) and images.dtype == torch.float32
+    assert images.min() == -1 and images.max() == 1
+    assert torch.bincount(labels).tolist() == [1000] * 10
