@@ -78,5 +78,5 @@ class FashionTeacher(BuiltinTeacher):
     name = "fashion"
     shape = (1, 28, 28)
     WEIGHTS = WEIGHTS_DIR / "fashion.safetensors"
-    WEIGHTS_SHA256 = "pending"
+    WEIGHTS_SHA256 = "9bb4627ecd05d6ecf098efc2d6fc0d09a013486fab065b430ae8eb337b522d59"
     reference = ReferenceSolver("unipc", 50, "logsnr", {"order": 3})
