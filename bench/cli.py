@@ -160,6 +160,28 @@ def teacher_train(
     console.print(f"wrote {out} (sha256 {sha}), {same} the committed weights")
 
 
+@teacher_app.command("train-classifier")
+def teacher_train_classifier(
+    name: str = typer.Argument(..., help="Dataset of a built-in teacher: digits or fashion."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the weights (default NAME-classifier.safetensors)."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Reproduce the classifier whose features give a built-in teacher's domain FD."""
+    import torch
+
+    from gasbench.teachers import classifier
+    from gasbench.weights import sha256_of
+
+    if name not in classifier.CLASSIFIER_RECIPES:
+        raise GasbenchError(f"no classifier recipe for '{name}'; trainable: {', '.join(classifier.CLASSIFIER_RECIPES)}.")
+    out = out or Path(f"{name}-classifier.safetensors")
+    torch.set_num_threads(2)  # the committed weights were trained with 2 threads
+    metadata = classifier.train_classifier(name, out, seed=seed)
+    sha = sha256_of(out)
+    same = "identical to" if sha == classifier.CLASSIFIER_SHA256[name] else "different from"
+    console.print(f"wrote {out} (test accuracy {metadata['test_accuracy']:.4f}, sha256 {sha}), {same} the committed weights")
+
+
 @data_app.command("info")
 def data_info():
     """List the cached teacher trajectories: teacher, seeds, reference solver, shards, size."""
