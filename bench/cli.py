@@ -189,7 +189,7 @@ def data_info():
 
     rows = describe_caches()
     out = Table(title=f"trajectory caches under {cache_root()}", title_justify="left")
-    columns = ("teacher", "seeds", "samples", "reference", "shards", "size_mb", "directory")
+    columns = ("teacher", "seeds", "samples", "states", "reference", "shards", "size_mb", "directory")
     for col in columns:
         out.add_column(col)
     for row in rows:

@@ -160,3 +160,15 @@ def test_unknown_metric_is_one_line(tmp_path, monkeypatch, capsys):
                             "--metrics", "fdd", "--results-dir", tmp_path / "r")
     assert code == 2 and "fdd" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_corrupt_trajectory_shard_stops_the_run_before_any_record(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GASBENCH_HOME", str(tmp_path / "home"))
+    args = ("run", "-d", "gmm", "-m", "euler", "--nfe", "4", "-n", "8")
+    code, _, err = gasbench(monkeypatch, capsys, *args, "--results-dir", tmp_path / "first")
+    assert code == 0, err
+    [shard] = list((tmp_path / "home" / "trajectories").glob("gmm/*/shard-00000.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:50])
+    code, _, err = gasbench(monkeypatch, capsys, *args, "--results-dir", tmp_path / "second")
+    assert code == 2 and "is corrupt" in err and "delete it and rerun" in err and "Traceback" not in err
+    assert not list((tmp_path / "second").glob("**/metrics.json"))
