@@ -21,7 +21,6 @@ import json
 import os
 from abc import ABC, abstractmethod
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from gasbench.errors import GasbenchError
 from gasbench.teachers import classifier
