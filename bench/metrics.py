@@ -127,18 +127,18 @@ def _lpips(net: str):
     def compute(evaluation: Evaluation) -> float:
         from gasbench.lpips_metric import lpips_distance
 
-        model = _lpips_model(net)[0]
+        model = lpips_model(net)[0]
         distances = lpips_distance(evaluation.decoded(), evaluation.decoded_reference(), model, resize_to=LPIPS_RESIZE)
         return float(distances.double().mean())
 
     def provenance(teacher) -> dict:
-        return {"backbone": _lpips_model(net)[1], "resize_to": LPIPS_RESIZE}
+        return {"backbone": lpips_model(net)[1], "resize_to": LPIPS_RESIZE}
 
     return compute, provenance
 
 
 @lru_cache(maxsize=2)
-def _lpips_model(net: str):
+def lpips_model(net: str):
     from gasbench.lpips_metric import load_lpips
 
     return load_lpips(net)

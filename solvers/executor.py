@@ -122,7 +122,7 @@ def trace(loop: Callable[..., LinComb], sigmas: torch.Tensor, **params) -> Solve
         a=torch.stack([torch.stack(r) for r in a]),
         c=torch.stack([torch.stack(r) for r in c]),
         sigmas=torch.stack(eval_sigmas),
-        sigma_final=float(sigmas[-1]),
+        sigma_final=float(sigmas[-1].detach()),
     )
 
 
