@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import torch
 from cleanfid import fid as cleanfid_fid
 from cleanfid.downloads_helper import inception_url as CLEANFID_URL
@@ -252,10 +253,13 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     clean-fid's ``cleanfid.fid.frechet_distance``: scipy ``sqrtm``, eps 1e-6 added to both diagonals
     when the product is singular, an imaginary residue dropped (ValueError if its diagonal exceeds
     1e-3). It calls ``sqrtm(disp=False)``, deprecated in SciPy 1.17 (warning silenced here) and due
-    to be removed in SciPy 1.18.
+    to be removed in SciPy 1.18; its warning about a singular product is silenced too.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r".*`disp` argument is deprecated", DeprecationWarning)
+        # rank-deficient covariances (fewer samples than dimensions, or dead ReLU features) are
+        # expected; clean-fid's eps offset above handles a product without a finite root
+        warnings.filterwarnings("ignore", r"Matrix is singular", scipy.linalg.LinAlgWarning)
         return float(cleanfid_fid.frechet_distance(mu1, cov1, mu2, cov2))
 
 

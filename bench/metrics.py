@@ -14,6 +14,8 @@ A plugin adds a metric with::
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Optional
@@ -198,7 +200,9 @@ def prdc(evaluation: Evaluation) -> dict[str, float]:
             raise GasbenchError(f"precision/recall need more than {PRDC_NEAREST_K} samples, got {len(fake)}.")
         rng = np.random.default_rng(PRDC_REAL_SUBSET_SEED)
         subset = real[np.sort(rng.choice(len(real), size=min(len(real), len(fake)), replace=False))]
-        return {k: float(v) for k, v in compute_prdc(subset, fake, PRDC_NEAREST_K).items()}
+        with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
+            scores = compute_prdc(subset, fake, PRDC_NEAREST_K)
+        return {k: float(v) for k, v in scores.items()}
 
     return evaluation.once("prdc", compute)
 

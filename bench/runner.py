@@ -94,8 +94,10 @@ def build_cells(config: RunConfig, teacher) -> list[Cell]:
         solver = cls(**options)
         label = method_label(entry.name, options)
         for nfe in config.nfes:
+            # a learned solver holds the parameters of one NFE, so each cell gets its own
+            cell_solver = cls(**options) if solver.learned else solver
             # built up front so an NFE a solver cannot do fails before any sampling
-            cells.append(Cell(label, solver, nfe, solver.table(teacher, nfe)))
+            cells.append(Cell(label, cell_solver, nfe, cell_solver.table(teacher, nfe)))
     unused = set(config.solver_args) - used_args
     if unused:
         raise GasbenchError(
@@ -207,11 +209,29 @@ def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
         "solver": {"name": ref.solver, "learned": False, "reference": True, **ref.to_dict()},
         "nfe": ref.nfe,
         **_score(unpaired, evaluations),
-        "training": None,
+        "training": cell.solver.summary if cell.solver.learned else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json_atomic(out_dir / "metrics.json", record)
     return record
+
+
+def prepare_learned(teacher, cell: Cell, out_dir: Path, progress: Progress) -> SolverTable:
+    """The table of a learned cell: its saved state when one matches its configuration, else a
+    fit on the teacher's train / validation trajectories (checkpointed in ``out_dir``, so an
+    interrupted fit resumes), saved next to the record."""
+    solver, nfe = cell.solver, cell.nfe
+    if not solver.load_state(out_dir, teacher, nfe):
+        data = []
+        for split, size in (("train", solver.config["train_size"]), ("validation", None)):
+            cache = TrajectoryCache.for_split(teacher, split, size)
+            task = progress.add_task(f"{teacher.name}: {split} trajectories ({len(cache.seeds)})", total=len(cache.seeds))
+            cache.generate(on_samples=lambda n, task=task: progress.advance(task, n))
+            data.append({k: v for k, v in cache.load().items() if k in ("noise", "x0", "cond")})
+        solver.fit(teacher, nfe, *data, progress=progress, checkpoint_path=out_dir / "fit-checkpoint.pt")
+        solver.save_state(out_dir, teacher, nfe)
+        (out_dir / "fit-checkpoint.pt").unlink(missing_ok=True)
+    return solver.table(teacher, nfe)
 
 
 def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, references, progress, overall) -> dict[str, Any]:
@@ -227,6 +247,8 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
     if existing is not None:
         progress.advance(overall, sum(len(s) for s in seed_sets))
         return existing
+    if cell.solver.learned:
+        cell.table = prepare_learned(teacher, cell, out_dir, progress)
     progress.update(overall, description=f"{teacher.name}: {cell.label} NFE {cell.nfe}")
     stats = ExecutionStats()
     start = time.perf_counter()
@@ -251,8 +273,26 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
         "wall_time_s": round(wall, 3),
         "denoiser_time_s": round(stats.denoiser_seconds, 3),
         "peak_memory_mb": round(_peak_memory_mb(), 1),
-        "training": None,
+        "training": cell.solver.summary if cell.solver.learned else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json_atomic(out_dir / "metrics.json", record)
     return record
+
+
+def prepare_learned(teacher, cell: Cell, out_dir: Path, progress: Progress) -> SolverTable:
+    """The table of a learned cell: its saved state when one matches its configuration, else a
+    fit on the teacher's train / validation trajectories (checkpointed in ``out_dir``, so an
+    interrupted fit resumes), saved next to the record."""
+    solver, nfe = cell.solver, cell.nfe
+    if not solver.load_state(out_dir, teacher, nfe):
+        data = []
+        for split, size in (("train", solver.config["train_size"]), ("validation", None)):
+            cache = TrajectoryCache.for_split(teacher, split, size)
+            task = progress.add_task(f"{teacher.name}: {split} trajectories ({len(cache.seeds)})", total=len(cache.seeds))
+            cache.generate(on_samples=lambda n, task=task: progress.advance(task, n))
+            data.append({k: v for k, v in cache.load().items() if k in ("noise", "x0", "cond")})
+        solver.fit(teacher, nfe, *data, progress=progress, checkpoint_path=out_dir / "fit-checkpoint.pt")
+        solver.save_state(out_dir, teacher, nfe)
+        (out_dir / "fit-checkpoint.pt").unlink(missing_ok=True)
+    return solver.table(teacher, nfe)

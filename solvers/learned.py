@@ -11,13 +11,14 @@ parameters, and periodic checkpoints so a fit resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import time
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -121,8 +122,11 @@ class LearnedSolver(Solver):
         return total / count
 
     def fit(self, teacher, nfe: int, train: dict[str, torch.Tensor], validation: dict[str, torch.Tensor],
-            progress: bool = True, checkpoint_path: Optional[Path] = None) -> dict[str, Any]:
-        """Train the parameters for ``nfe`` on ``train`` (dict of noise, x0, cond) and keep the EMA."""
+            progress: Union[bool, Progress] = True, checkpoint_path: Optional[Path] = None) -> dict[str, Any]:
+        """Train the parameters for ``nfe`` on ``train`` (dict of noise, x0, cond) and keep the EMA.
+
+        ``progress`` is True/False for an own progress bar, or a running rich Progress to add a task to.
+        """
         cfg = self.config
         start_time = time.perf_counter()
         params = {k: v.clone().requires_grad_(True) for k, v in self.init_parameters(teacher, nfe).items()}
@@ -152,15 +156,19 @@ class LearnedSolver(Solver):
                         "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "recent": recent}, buffer)
             write_atomic(Path(checkpoint_path), buffer.getvalue())
 
-        columns = (TextColumn(f"[bold]{self.name} NFE {nfe}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
         size = len(train["x0"])
-        with Progress(*columns, disable=not progress) as bar:
-            task = bar.add_task("fit", total=cfg["iterations"], completed=start, loss=math.nan)
+        if isinstance(progress, Progress):  # a caller's live display (gasbench run)
+            bar, display = progress, contextlib.nullcontext()
+        else:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+            bar = display = Progress(*columns, disable=not progress)
+        with display:
+            task = bar.add_task(f"[bold]fit {self.name} NFE {nfe}", total=cfg["iterations"], completed=start, loss=math.nan)
             for iteration in range(start, cfg["iterations"]):
                 index = torch.randint(size, (min(cfg["batch_size"], size),), generator=generator)
                 loss = self.loss(params, teacher, nfe, {k: v[index] for k, v in train.items()})
-                value = float(loss)
+                value = float(loss.detach())
                 if not math.isfinite(value):
                     raise GasbenchError(
                         f"{self.name} training loss became {value} at iteration {iteration + 1} (NFE {nfe}); "

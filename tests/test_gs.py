@@ -90,3 +90,23 @@ def test_ablations_start_from_the_same_solver(gmm):
         other = SOLVERS.get("gs")(**options).table(gmm, 5)
         torch.testing.assert_close(other.a, plain.a)
         torch.testing.assert_close(other.c, plain.c)
+
+
+def test_gasbench_run_trains_records_and_reuses_gs(tmp_path):
+    from gasbench.runner import RunConfig, run
+
+    config = RunConfig(teacher="gmm", methods=["gs", "dpmpp3m"], nfes=[3], num_samples=32, results_dir=tmp_path,
+                       solver_args={"iterations": "40", "train_size": "64", "lr": "1e-2", "checkpointing": "false"})
+    records = {r["method"]: r for r in run(config)}
+    label = "gs+checkpointing=false+iterations=40+lr=1e-2+train_size=64"
+    gs = records[label]
+    assert gs["solver"]["learned"] is True and gs["training"]["iterations"] == 40
+    assert gs["training"]["final_validation_loss"] < gs["training"]["initial_validation_loss"]
+    cell = tmp_path / "gmm" / label / "nfe3"
+    assert (cell / "solver.safetensors").is_file() and (cell / "solver.json").is_file()
+    assert not (cell / "fit-checkpoint.pt").exists()
+    again = {r["method"]: r for r in run(config)}
+    assert again[label]["created"] == gs["created"]
+    (cell / "metrics.json").unlink()  # the record is gone but the trained state is reused
+    rerun = {r["method"]: r for r in run(config)}
+    assert rerun[label]["metrics"] == gs["metrics"] and rerun[label]["training"] == gs["training"]
