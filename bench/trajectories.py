@@ -6,6 +6,10 @@ on request, ``states`` intermediate states of the reference trajectory, as numbe
 shards under a key of (teacher, weights sha256, reference solver, seeds, states, shard size,
 cache version). Shards are written atomically and generation skips shards
 already present, so an interrupted generation resumes and yields byte-identical shards.
+
+Shard tensors: ``seeds`` (n,) int64, ``noise`` (n, *shape) float32 (x_T = sigma_max * noise),
+``x0`` (n, *shape) float32, ``cond`` (n,) for conditional teachers, and with ``states`` > 0
+``trajectory`` (n, states, *shape) float32 with ``trajectory_sigmas`` (states,) float64.
 """
 
 from __future__ import annotations
@@ -55,19 +59,30 @@ class TrajectoryCache:
     # evenly over its grid, the first (x_T) and the last (before x_0) included
     states: int = 0
 
+    def __post_init__(self):
+        seeds = tuple(int(s) for s in self.seeds)
+        if not seeds or seeds != tuple(range(seeds[0], seeds[0] + len(seeds))):
+            raise GasbenchError("a trajectory cache needs a non-empty, contiguous, increasing range of seeds.")
+        if self.shard_size < 1 or self.states < 0:
+            raise GasbenchError(f"shard_size must be >= 1 and states >= 0, got {self.shard_size} and {self.states}.")
+        object.__setattr__(self, "seeds", seeds)
+
     @classmethod
     def for_split(cls, teacher, split: str, size: Optional[int] = None, states: int = 0,
                   root: Optional[Path] = None) -> "TrajectoryCache":
         """The cache of the first ``size`` seeds (default :data:`SPLIT_SIZES`) of a named split."""
         if split not in SPLIT_STARTS:
             raise GasbenchError(f"unknown split '{split}'; choose one of {', '.join(SPLIT_STARTS)}.")
-        size = SPLIT_SIZES[split] if size is None else size
+        size = SPLIT_SIZES[split] if size is None else int(size)
         start, end = SPLIT_STARTS[split], SPLIT_ENDS[split]
-        if size < 1 or (end is not None and start + size > end):
-            limit = f"at most {end - start}" if end is not None else "at least 1"
+        if size < 1:
+            raise GasbenchError(f"the {split} split needs at least 1 sample, got {size}.")
+        if end is not None and start + size > end:
+            following = min((name for name, s in SPLIT_STARTS.items() if s >= end), key=SPLIT_STARTS.get)
             raise GasbenchError(
-                f"the {split} split holds seeds {start}-{end - 1 if end else '...'}; {size} samples do "
-                f"not fit ({limit}), or they would overlap the next split."
+                f"{size:,} {split} samples (seeds {start:,}-{start + size - 1:,}) would overlap the next split: "
+                f"the {following} split starts at seed {end:,}, so the {split} split holds at most "
+                f"{end - start:,} samples."
             )
         return cls(teacher, tuple(range(start, start + size)), root=root, states=states)
 
@@ -99,25 +114,38 @@ class TrajectoryCache:
         return -(-len(self.seeds) // self.shard_size)
 
     def _read_shard(self, index: int) -> dict[str, torch.Tensor]:
+        """Shard ``index``, checked against this cache: key, seeds, tensors present and their shapes."""
         path = self.shard_path(index)
+        rerun = "delete it and rerun to regenerate it"
+        if not path.is_file():
+            raise GasbenchError(f"trajectory shard {path} is missing; run the generation (it resumes) first.")
         try:
             with safe_open(str(path), framework="pt") as shard:
                 metadata = shard.metadata() or {}
                 tensors = {name: shard.get_tensor(name) for name in shard.keys()}
         except (OSError, SafetensorError) as exc:
-            raise GasbenchError(
-                f"trajectory shard {path} is corrupt ({exc}); delete it and rerun to regenerate it."
-            ) from None
+            raise GasbenchError(f"trajectory shard {path} is corrupt ({exc}); {rerun}.") from None
         if metadata.get("key") != self.digest:
             raise GasbenchError(
                 f"trajectory shard {path} belongs to another cache key; delete {self.directory} "
                 f"and rerun to regenerate it."
             )
-        expected = self.seeds[index * self.shard_size : (index + 1) * self.shard_size]
         missing = [name for name in self._tensor_names() if name not in tensors]
-        if missing or tensors["seeds"].tolist() != list(expected):
-            problem = f"lacks {', '.join(missing)}" if missing else "holds other seeds than its name says"
-            raise GasbenchError(f"trajectory shard {path} {problem}; delete it and rerun to regenerate it.")
+        if missing:
+            raise GasbenchError(f"trajectory shard {path} lacks {', '.join(missing)}; {rerun}.")
+        expected = list(self.seeds[index * self.shard_size : (index + 1) * self.shard_size])
+        if tensors["seeds"].dim() != 1 or tensors["seeds"].tolist() != expected:
+            raise GasbenchError(
+                f"trajectory shard {path} holds other seeds than its name says (expected "
+                f"{expected[0]}-{expected[-1]}); {rerun}."
+            )
+        shapes = {"noise": (len(expected), *self.teacher.shape), "x0": (len(expected), *self.teacher.shape),
+                  "cond": (len(expected),), "trajectory": (len(expected), self.states, *self.teacher.shape),
+                  "trajectory_sigmas": (self.states,)}
+        wrong = [f"{name} {tuple(tensors[name].shape)} instead of {shapes[name]}"
+                 for name in self._tensor_names() if name in shapes and tuple(tensors[name].shape) != shapes[name]]
+        if wrong:
+            raise GasbenchError(f"trajectory shard {path} has {', '.join(wrong)}; {rerun}.")
         return tensors
 
     def _tensor_names(self) -> tuple[str, ...]:
@@ -125,33 +153,37 @@ class TrajectoryCache:
         return TENSORS + (("cond",) if conditional else ()) + (("trajectory", "trajectory_sigmas") if self.states else ())
 
     def state_indices(self, nfe: int) -> list[int]:
-        """Which of the reference solver's ``nfe`` evaluation points are stored."""
+        """Which of the reference solver's ``nfe`` evaluation points are stored: ``states`` of them
+        spaced evenly over the evaluation index 0..nfe-1 (rounded), the first (x_T, at sigma_max)
+        and the last (the input of the final denoiser call) included; one state keeps x_T only."""
         if self.states > nfe:
             raise GasbenchError(f"cannot keep {self.states} states of a {nfe}-step reference trajectory.")
         return sorted({round(i * (nfe - 1) / max(self.states - 1, 1)) for i in range(self.states)})
 
     @torch.no_grad()
-    def _solve(self, table, seeds: list[int], batch_size: int) -> dict[str, torch.Tensor]:
-        """The reference solutions of ``seeds`` (as :func:`sample_seeds` computes them) and the states."""
-        out: dict[str, list] = {"x0": [], "trajectory": []}
+    def _solve(self, table, noise: torch.Tensor, cond: Optional[torch.Tensor], batch_size: int) -> dict[str, torch.Tensor]:
+        """x_0 of every sample (batch by batch, as :func:`sample_seeds` computes them) and its kept states."""
         keep = self.state_indices(table.nfe) if self.states else []
-        for start in range(0, len(seeds), batch_size):
-            chunk = seeds[start : start + batch_size]
-            noise, cond = noise_and_conditions(self.teacher, chunk)
-            x0, xs = execute(table, self.teacher.denoiser(cond), noise * self.teacher.sigma_max, return_trajectory=True)
-            out["x0"].append(x0.float())
+        x0, states = [], []
+        for start in range(0, len(noise), batch_size):
+            part = slice(start, start + batch_size)
+            denoiser = self.teacher.denoiser(None if cond is None else cond[part])
+            x_out, xs = execute(table, denoiser, noise[part] * self.teacher.sigma_max, return_trajectory=True)
+            x0.append(x_out.float())
             if keep:
-                out["trajectory"].append(torch.stack([xs[i].float() for i in keep], dim=1))
-        tensors = {"x0": torch.cat(out["x0"])}
+                states.append(torch.stack([xs[i].float() for i in keep], dim=1))
+        tensors = {"x0": torch.cat(x0)}
         if keep:
-            tensors["trajectory"] = torch.cat(out["trajectory"])
-            tensors["trajectory_sigmas"] = table.sigmas[keep].double()
+            tensors["trajectory"] = torch.cat(states)
+            tensors["trajectory_sigmas"] = table.sigmas[keep].detach().double()
         return tensors
 
     def generate(self, batch_size: int = 256, on_samples: Optional[Callable[[int], None]] = None) -> None:
-        """Write every missing shard; shards already on disk are kept (resume)."""
+        """Write every missing shard; shards already on disk are checked and kept (resume)."""
         ref = self.teacher.reference
         table = SOLVERS.get(ref.solver)(schedule=ref.schedule, **ref.options).table(self.teacher, ref.nfe)
+        if self.states:
+            self.state_indices(table.nfe)  # too many states: stop before writing anything
         self.directory.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.directory / "manifest.json", self.key)
         for index in range(self.num_shards):
@@ -160,7 +192,7 @@ class TrajectoryCache:
                 self._read_shard(index)  # a damaged shard stops here with a clear message
             else:
                 noise, cond = noise_and_conditions(self.teacher, seeds)
-                tensors = {"seeds": torch.tensor(seeds), "noise": noise.float(), **self._solve(table, seeds, batch_size)}
+                tensors = {"seeds": torch.tensor(seeds), "noise": noise.float(), **self._solve(table, noise, cond, batch_size)}
                 if cond is not None:
                     tensors["cond"] = cond
                 write_atomic(self.shard_path(index), save(tensors, metadata={"key": self.digest}))

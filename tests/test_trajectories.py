@@ -63,7 +63,9 @@ def test_key_changes_with_teacher_weights(gmm_teacher, tmp_path):
     before = TrajectoryCache(gmm_teacher, (1, 2), root=tmp_path).digest
     gmm_teacher.weights_sha256 = "different"
     assert TrajectoryCache(gmm_teacher, (1, 2), root=tmp_path).digest != before
-    assert TrajectoryCache(gmm_teacher, (1, 3), root=tmp_path).digest != before
+    assert TrajectoryCache(gmm_teacher, (1, 2, 3), root=tmp_path).digest != before
+    with pytest.raises(GasbenchError, match="contiguous"):
+        TrajectoryCache(gmm_teacher, (1, 3), root=tmp_path)  # the key names a range: first, last, count
 
 
 KILL_SCRIPT = """
@@ -73,12 +75,13 @@ from gasbench.trajectories import TrajectoryCache
 
 class SlowGMM(GaussianMixtureTeacher):
     def denoise(self, x, sigma, cond):
-        time.sleep(float(sys.argv[2]))
+        time.sleep(float(sys.argv[1]))
         return super().denoise(x, sigma, cond)
 
+torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
 teacher = SlowGMM(torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64), 0.3)
-TrajectoryCache(teacher, tuple(range(40)), shard_size=5, root=__import__("pathlib").Path(sys.argv[1])).generate(batch_size=5)
+TrajectoryCache(teacher, tuple(range(40)), shard_size=5, states=3).generate(batch_size=5)
 """
 
 
@@ -89,28 +92,47 @@ def test_sigkill_during_generation_then_rerun_gives_identical_shards(tmp_path):
     import sys
     import time
 
+    from gasbench.teachers.gmm import GaussianMixtureTeacher
+
     script = tmp_path / "generate.py"
     script.write_text(KILL_SCRIPT)
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "full"), "0"], check=True, env=env)
-    victim = subprocess.Popen([sys.executable, str(script), str(tmp_path / "killed"), "0.01"], env=env)
+
+    def home(name, delay):
+        env = {**os.environ, "GASBENCH_HOME": str(tmp_path / name), "OMP_NUM_THREADS": "1"}
+        return [sys.executable, str(script), str(delay)], env
+
+    command, env = home("full", 0)
+    subprocess.run(command, check=True, env=env)
+    command, env = home("killed", 0.01)  # 50 evaluations per shard: about 0.5 s a shard
+    victim = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + 60
-    while not list((tmp_path / "killed").glob("*/*/shard-00001.safetensors")):
+    while not list((tmp_path / "killed").glob("trajectories/*/*/shard-00001.safetensors")):
         assert victim.poll() is None and time.monotonic() < deadline, "generation ended before it could be killed"
         time.sleep(0.01)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    [directory] = list((tmp_path / "killed").glob("*/*"))
+    [directory] = list((tmp_path / "killed").glob("trajectories/*/*"))
     assert 2 <= len(list(directory.glob("shard-*.safetensors"))) < 8  # killed mid-way
-    subprocess.run([sys.executable, str(script), str(tmp_path / "killed"), "0"], check=True, env=env)
-    [reference] = list((tmp_path / "full").glob("*/*"))
+    # what a kill during a write leaves behind: a partial temporary file next to the shards
+    (directory / ".shard-00007.safetensors.x1y2z3.tmp").write_bytes(b"partial")
+    command, env = home("killed", 0)
+    subprocess.run(command, check=True, env=env)
+
+    [reference] = list((tmp_path / "full").glob("trajectories/*/*"))
     assert reference.name == directory.name
     written = {p.name: p.read_bytes() for p in directory.glob("shard-*.safetensors")}
     assert written == {p.name: p.read_bytes() for p in reference.glob("shard-*.safetensors")}
     assert len(written) == 8
-    # a temporary file left by the kill is never named like a shard
-    assert all(p.name.startswith("shard-") or p.name == "manifest.json" or p.name.endswith(".tmp")
-               for p in directory.iterdir())
+    # no temporary file is named like a shard, so none can be read as one
+    leftovers = [p.name for p in directory.iterdir() if p.name not in written and p.name != "manifest.json"]
+    assert ".shard-00007.safetensors.x1y2z3.tmp" in leftovers
+    assert all(name.startswith(".") and name.endswith(".tmp") for name in leftovers)
+    g = torch.Generator().manual_seed(0)
+    same = GaussianMixtureTeacher(torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64), 0.3)
+    cache = TrajectoryCache(same, tuple(range(40)), shard_size=5, states=3, root=tmp_path / "killed" / "trajectories")
+    assert cache.directory == directory
+    data = cache.load()
+    assert torch.equal(data["seeds"], torch.arange(40)) and data["trajectory"].shape == (40, 3, 1, 4, 4)
 
 
 def test_shard_with_other_seeds_is_refused(gmm_teacher, tmp_path):
@@ -123,6 +145,26 @@ def test_shard_with_other_seeds_is_refused(gmm_teacher, tmp_path):
     cache.shard_path(1).write_bytes(b"\x00" * 64)
     with pytest.raises(GasbenchError, match="shard-00001.safetensors is corrupt"):
         TrajectoryCache(gmm_teacher, tuple(range(8)), shard_size=4, root=tmp_path).generate()
+
+
+def test_missing_tensor_or_wrong_shape_is_refused(gmm_teacher, tmp_path):
+    from safetensors.torch import load, save
+
+    cache = TrajectoryCache(gmm_teacher, tuple(range(8)), shard_size=4, root=tmp_path)
+    cache.generate()
+    good = cache.shard_path(1).read_bytes()
+    tensors = load(good)
+    cache.shard_path(1).write_bytes(save({k: v for k, v in tensors.items() if k != "x0"}, {"key": cache.digest}))
+    with pytest.raises(GasbenchError, match=r"shard-00001.safetensors lacks x0; delete it and rerun"):
+        cache.load()
+    cache.shard_path(1).write_bytes(save({**tensors, "x0": tensors["x0"][:3]}, {"key": cache.digest}))
+    with pytest.raises(GasbenchError, match=r"has x0 \(3, 1, 4, 4\) instead of \(4, 1, 4, 4\)"):
+        cache.load()
+    cache.shard_path(1).unlink()
+    with pytest.raises(GasbenchError, match="shard-00001.safetensors is missing"):
+        cache.load()
+    cache.generate()
+    assert cache.shard_path(1).read_bytes() == good
 
 
 def test_intermediate_states(gmm_teacher, tmp_path):
@@ -142,6 +184,9 @@ def test_intermediate_states(gmm_teacher, tmp_path):
     assert with_states.state_indices(50) == [0, 12, 24, 37, 49]
     row = next(r for r in describe_caches(tmp_path) if r["states"] == 5)
     assert row["samples"] == 6
+    with pytest.raises(GasbenchError, match="cannot keep 51 states of a 50-step"):
+        TrajectoryCache(gmm_teacher, seeds, root=tmp_path / "too-many", states=51).generate()
+    assert not (tmp_path / "too-many").exists()
 
 
 def test_named_splits_are_disjoint(gmm_teacher):
@@ -151,7 +196,15 @@ def test_named_splits_are_disjoint(gmm_teacher):
     assert (train.seeds[0], len(train.seeds)) == (0, 1400)
     assert (validation.seeds[0], validation.seeds[-1]) == (40_000, 40_049)
     assert evaluation.seeds[0] == 50_000
-    with pytest.raises(GasbenchError, match="overlap the next split"):
+    assert TrajectoryCache.for_split(gmm_teacher, "train", size=40_000).seeds[-1] == 39_999
+    assert TrajectoryCache.for_split(gmm_teacher, "validation", size=10_000).seeds[-1] == 49_999
+    assert TrajectoryCache.for_split(gmm_teacher, "evaluation").seeds[-1] == 99_999
+    assert TrajectoryCache.for_split(gmm_teacher, "validation", states=4).states == 4
+    with pytest.raises(GasbenchError, match="overlap the next split: the validation split starts at seed 40,000"):
         TrajectoryCache.for_split(gmm_teacher, "train", size=40_001)
-    with pytest.raises(GasbenchError, match="unknown split 'test'"):
+    with pytest.raises(GasbenchError, match="overlap the next split: the evaluation split starts at seed 50,000"):
+        TrajectoryCache.for_split(gmm_teacher, "validation", size=10_001)
+    with pytest.raises(GasbenchError, match="at least 1 sample"):
+        TrajectoryCache.for_split(gmm_teacher, "validation", size=0)
+    with pytest.raises(GasbenchError, match="unknown split 'test'; choose one of train, validation, evaluation"):
         TrajectoryCache.for_split(gmm_teacher, "test")
