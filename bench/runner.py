@@ -209,7 +209,7 @@ def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
         "solver": {"name": ref.solver, "learned": False, "reference": True, **ref.to_dict()},
         "nfe": ref.nfe,
         **_score(unpaired, evaluations),
-        "training": cell.solver.summary if cell.solver.learned else None,
+        "training": None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json_atomic(out_dir / "metrics.json", record)
