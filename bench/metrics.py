@@ -196,8 +196,8 @@ def prdc(evaluation: Evaluation) -> dict[str, float]:
         space = _prdc_space(evaluation.teacher)
         fake = evaluation.features(space)
         real = evaluation.real_features(space)
-        if len(fake) <= PRDC_NEAREST_K:
-            raise GasbenchError(f"precision/recall need more than {PRDC_NEAREST_K} samples, got {len(fake)}.")
+        if len(fake) < PRDC_NEAREST_K + 2:
+            raise GasbenchError(f"precision/recall need at least {PRDC_NEAREST_K + 2} samples, got {len(fake)}.")
         rng = np.random.default_rng(PRDC_REAL_SUBSET_SEED)
         subset = real[np.sort(rng.choice(len(real), size=min(len(real), len(fake)), replace=False))]
         with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes

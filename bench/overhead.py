@@ -71,7 +71,7 @@ def measure_metric_speed(teacher, metrics: list[str], num_samples: int, seed: in
         spec = get_metric(name)
         t0 = time.perf_counter()
         spec.describe(teacher)
-        warmup = 2 if spec.paired else 6  # precision/recall need more than k = 5 samples
+        warmup = 2 if spec.paired else 8  # precision/recall need at least k + 2 = 7 samples
         spec.compute(Evaluation(samples[:warmup], reference[:warmup], teacher))
         t1 = time.perf_counter()
         spec.compute(Evaluation(samples, reference, teacher))

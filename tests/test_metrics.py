@@ -139,3 +139,11 @@ def test_fid_metric_end_to_end_records_the_network(gmm, monkeypatch):
     near = metric.compute(Evaluation(real, None, gmm))
     far = metric.compute(Evaluation(real + 0.5, None, gmm))
     assert 0 < near < far
+
+
+def test_precision_recall_need_k_plus_two_samples(gmm):
+    from gasbench.errors import GasbenchError
+
+    with pytest.raises(GasbenchError, match="at least 7 samples, got 6"):
+        prdc(Evaluation(gmm.sample_data(6).float(), None, gmm))
+    assert set(prdc(Evaluation(gmm.sample_data(7).float(), None, gmm))) == {"precision", "recall", "density", "coverage"}
