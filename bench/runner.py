@@ -216,24 +216,6 @@ def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
     return record
 
 
-def prepare_learned(teacher, cell: Cell, out_dir: Path, progress: Progress) -> SolverTable:
-    """The table of a learned cell: its saved state when one matches its configuration, else a
-    fit on the teacher's train / validation trajectories (checkpointed in ``out_dir``, so an
-    interrupted fit resumes), saved next to the record."""
-    solver, nfe = cell.solver, cell.nfe
-    if not solver.load_state(out_dir, teacher, nfe):
-        data = []
-        for split, size in (("train", solver.config["train_size"]), ("validation", None)):
-            cache = TrajectoryCache.for_split(teacher, split, size)
-            task = progress.add_task(f"{teacher.name}: {split} trajectories ({len(cache.seeds)})", total=len(cache.seeds))
-            cache.generate(on_samples=lambda n, task=task: progress.advance(task, n))
-            data.append({k: v for k, v in cache.load().items() if k in ("noise", "x0", "cond")})
-        solver.fit(teacher, nfe, *data, progress=progress, checkpoint_path=out_dir / "fit-checkpoint.pt")
-        solver.save_state(out_dir, teacher, nfe)
-        (out_dir / "fit-checkpoint.pt").unlink(missing_ok=True)
-    return solver.table(teacher, nfe)
-
-
 def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, references, progress, overall) -> dict[str, Any]:
     out_dir = cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe)
     solver_config = cell.solver.resolved_config(teacher)
