@@ -1,86 +1,219 @@
-"""The Generalized Solver (GS) of GAS (Sec. 3.1, Eq. 13-20).
+"""The Generalized Solver (GS) of GAS (Sec. 3.1, Eq. 13-20, Algorithm 1), and its ablations.
 
 Three sets of parameters:
 
 * theta, the time steps by the stick-breaking product (Eq. 14)
   t_n = (T - delta) * prod_{j<=n} sigmoid(theta_j) + delta, n = 1..N-1, with t_0 = T and
-  t_N = delta (the teacher's sigma_max and sigma_min in its diffusion time), initialised to the
-  ``schedule`` (time-uniform by default, as the paper);
-* phi, additive corrections, initialised at zero, to the coefficients of every previous point
-  and every previous denoiser output (Eq. 15-19), on top of the base solver's theoretical
-  coefficients recomputed at the current time steps (DPM-Solver++(3M), "theoretical guidance");
-* xi, offsets of the times at which the denoiser is evaluated (decoupling), not clamped.
+  t_N = delta (the teacher's sigma_max and sigma_min in its diffusion time ``teacher.time``),
+  initialised to ``schedule`` (time-uniform by default, as the paper). As in the GAS code each
+  portion is kept in [1e-5, 1 - 1e-5], so steps never coincide whatever theta becomes;
+* phi, additive corrections, initialised at zero, to the base solver's theoretical coefficients
+  recomputed at the current time steps (DPM-Solver++(3M), "theoretical guidance", Eq. 15-19):
+  ``a_hat[n, j]`` on every previous point x_j; ``c_hat[n, j]`` on the recent outputs in the
+  base's own finite-difference basis (Algorithm 1: D_n, then D1_0, or D1 and D2) and directly on
+  the older outputs, which the base does not use;
+* xi, offsets of the times at which the denoiser is evaluated (decoupling), not clamped: the
+  denoiser is fed sigma(t_n + xi_n) while the update integrates on the t_n.
 
-So untrained GS *is* DPM-Solver++(3M) on the same steps. The corrections live in the executor's
-basis (each point x_j and denoiser output D_j, GAS Eq. 13); the paper attaches the recent-velocity
-corrections to the finite-difference derivative estimates instead (Eq. 17-19), a linear change of
-basis of the same family. Ablations: ``guidance=false`` drops the base coefficients after
-initialisation (Table 5: the base table at the initial steps is frozen into the trainable
-coefficients instead of following the learned steps), ``decouple=false`` fixes xi = 0 (Table 5).
+So untrained GS *is* DPM-Solver++(3M) on the same steps, with the same ``lower_order_final``
+convention as the ``dpmpp3m`` solver (default on; the GAS code has none: set it false to match).
+
+Ablations (as solver options):
+
+* ``guidance=false`` (GAS Table 5, "w/o theory"): the coefficients of each update on every
+  previous point and output are free parameters, initialised to DPM-Solver++(3M)'s at the initial
+  steps and no longer recomputed when the steps move;
+* ``decouple=false`` (Table 5): no xi, the denoiser is evaluated on the integration steps;
+* ``parametrization=s4s`` (Table 10, "S4S LMS"): x_{n+1} = a_n x_n + b_n sum_{j<=n} c_{j,n} D_j
+  with the theoretical first-order a_n = sigma_{n+1}/sigma_n and b_n = 1 - a_n at the current
+  steps and free multiplicative coefficients c (every previous output: no order limit), S4S's
+  parametrisation (Frankel et al., 2025) as GAS compares it, initialised to DPM-Solver++(3M);
+* ``parametrization=s4s-pc`` (Table 3, "S4S LMS + PC"): the same predictor plus a learned
+  corrector that re-solves each step with the next output D_{n+1} (evaluated at the predicted
+  point anyway, so no extra NFE), starting as the identity. Its coefficient count equals GS's
+  minus one. (The GAS code's "PC" re-applies the update with the old outputs; this is the
+  predictor-corrector of UniPC and S4S, with the corrected point used by the next step.)
+
+Every variant is a sampling loop over symbolic vectors traced into an Eq. 13 table by
+:func:`~gasbench.solvers.executor.trace`; the coefficients stay differentiable.
 """
 
 from __future__ import annotations
 
 import torch
 
+from gasbench.errors import GasbenchError
 from gasbench.registry import register_solver
-from gasbench.solvers.executor import SolverTable, trace
-from gasbench.solvers.handcrafted import dpmpp_3m
-from gasbench.solvers.learned import TRAINING_OPTIONS, LearnedSolver
+from gasbench.solvers.executor import LinComb, SolverTable, trace
+from gasbench.solvers.handcrafted import dpmpp_update, step_order
+from gasbench.solvers.learned import LOSSES, TRAINING_OPTIONS, LearnedSolver
 from gasbench.solvers.schedules import make_sigmas
 
-
-def _inverse_stick_breaking(t: torch.Tensor, delta: float) -> torch.Tensor:
-    """theta with t_n = (t_0 - delta) prod_{j<=n} sigmoid(theta_j) + delta for n = 1..len(t) - 2."""
-    fractions = (t[1:-1] - delta) / (t[:-2] - delta)
-    return torch.logit(fractions)
+PORTION_EPS = 1e-5  # stick-breaking portions live in [eps, 1 - eps] (GAS code: eps_mu_offset)
+PARAMETRIZATIONS = ("gs", "s4s", "s4s-pc")
 
 
 def stick_breaking_times(theta: torch.Tensor, t_max: float, delta: float) -> torch.Tensor:
-    """Eq. 14: the N + 1 decreasing times T = t_0 > t_1 > ... > t_N = delta."""
-    inner = (t_max - delta) * torch.cumprod(torch.sigmoid(theta), 0) + delta
-    ends = theta.new_tensor
-    return torch.cat([ends([t_max]), inner, ends([delta])])
+    """Eq. 14: the N + 1 strictly decreasing times T = t_0 > t_1 > ... > t_N = delta."""
+    portions = torch.sigmoid(theta) * (1 - 2 * PORTION_EPS) + PORTION_EPS
+    inner = (t_max - delta) * torch.cumprod(portions, 0) + delta
+    return torch.cat([theta.new_tensor([t_max]), inner, theta.new_tensor([delta])])
 
 
-@register_solver("gs", description="Generalized Solver (GAS Eq. 20): learned steps, decoupling and corrections to DPM-Solver++(3M)")
+def inverse_stick_breaking(t: torch.Tensor, delta: float) -> torch.Tensor:
+    """theta such that :func:`stick_breaking_times` gives back ``t`` (t_0 = T, t_N = delta)."""
+    portions = (t[1:-1] - delta) / (t[:-2] - delta)
+    return torch.logit((portions - PORTION_EPS) / (1 - 2 * PORTION_EPS))
+
+
+def derivative_basis(sigma_hist, denoised_hist, sigma_next) -> list:
+    """The vectors GS corrects the recent outputs along (GAS Algorithm 1, lines 2, 6 and 15):
+    -D_n at order 1, then -D1_0 at order 2, or D1 and -D2 at order 3."""
+    order = len(denoised_hist)
+    s0, m0 = sigma_hist[-1], denoised_hist[-1]
+    if order == 1:
+        return [-m0]
+    h = torch.log(s0 / sigma_next)
+    r0 = torch.log(sigma_hist[-2] / s0) / h
+    d1_0 = (m0 - denoised_hist[-2]) / r0
+    if order == 2:
+        return [-m0, -d1_0]
+    r1 = torch.log(sigma_hist[-3] / sigma_hist[-2]) / h
+    d1_1 = (denoised_hist[-2] - denoised_hist[-3]) / r1
+    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    return [-m0, d1, -d2]
+
+
+def dpmpp3m_step(sigmas: torch.Tensor, n: int, lower_order_final: bool) -> dict[int, torch.Tensor]:
+    """DPM-Solver++(3M)'s update n on its own point and outputs: key -1 is the coefficient of
+    x_n, key j that of D_j (the 'per-step' coefficients the ablations start from)."""
+    k = step_order(3, n, len(sigmas) - 1, lower_order_final)
+    outputs = [LinComb({j: 1.0}) for j in range(n - k + 1, n + 1)]
+    update = dpmpp_update(LinComb({-1: 1.0}), sigmas[n - k + 1 : n + 1], outputs, sigmas[n + 1])
+    return {key: torch.as_tensor(coef, dtype=sigmas.dtype) for key, coef in update.terms.items()}
+
+
+def gs_loop(model, x, sigmas, *, eval_sigmas, a_hat, c_hat, guidance=True, lower_order_final=True):
+    """GS (Eq. 20 / Algorithm 1): base DPM-Solver++(3M) + corrections on the whole history."""
+    steps = len(sigmas) - 1
+    xs, ds = [x], []
+    for n in range(steps):
+        ds.append(model(xs[n], eval_sigmas[n]))
+        if guidance:
+            k = step_order(3, n, steps, lower_order_final)
+            hist_sigmas, recent = sigmas[n - k + 1 : n + 1], ds[n - k + 1 :]
+            x_next = dpmpp_update(xs[n], hist_sigmas, recent, sigmas[n + 1])
+            for i, vector in enumerate(derivative_basis(hist_sigmas, recent, sigmas[n + 1])):
+                x_next = x_next + c_hat[n, n - i] * vector
+            older = range(n - k + 1)
+        else:  # no theory: every coefficient is a free parameter
+            x_next, older = LinComb({}), range(n + 1)
+        for j in older:
+            x_next = x_next + c_hat[n, j] * ds[j]
+        for j in range(n + 1):
+            x_next = x_next + a_hat[n, j] * xs[j]
+        xs.append(x_next)
+    return xs[-1]
+
+
+def s4s_loop(model, x, sigmas, *, eval_sigmas, c, corrector=None):
+    """S4S's LMS (+ PC) parametrisation: x_{n+1} = a_n x_n + b_n sum_j c[n, j] D_j with the
+    first-order a_n, b_n at the current steps; with ``corrector``, x_{n+1} is re-solved with
+    D_{n+1} (row n of ``corrector``) once that output exists, before the next step uses it."""
+    steps = len(sigmas) - 1
+    ds, current, predicted = [], x, x
+    for n in range(steps):
+        ds.append(model(predicted, eval_sigmas[n]))
+        if corrector is not None and n > 0:
+            a, b = sigmas[n] / sigmas[n - 1], 1 - sigmas[n] / sigmas[n - 1]
+            current = a * current + b * _combination(corrector[n - 1], ds[: n + 1])
+        else:
+            current = predicted
+        a, b = sigmas[n + 1] / sigmas[n], 1 - sigmas[n + 1] / sigmas[n]
+        predicted = a * current + b * _combination(c[n], ds)
+    return predicted
+
+
+def _combination(weights, vectors):
+    out = weights[0] * vectors[0]
+    for w, v in zip(weights[1 : len(vectors)], vectors[1:]):
+        out = out + w * v
+    return out
+
+
+@register_solver(
+    "gs", description="Generalized Solver (GAS Eq. 20): learned steps, decoupling and corrections to DPM-Solver++(3M)"
+)
 class GeneralizedSolver(LearnedSolver):
-    name = "gs"
-    options = {"schedule": "time-uniform", "guidance": True, "decouple": True, **TRAINING_OPTIONS}
+    """GS; see the module docstring for the parametrisation, its ablations and CPU budget."""
 
-    def _times(self, teacher) -> tuple[float, float]:
+    name = "gs"
+    options = {
+        "schedule": "time-uniform",
+        "parametrization": "gs",
+        "guidance": True,
+        "decouple": True,
+        "lower_order_final": True,
+        **TRAINING_OPTIONS,
+    }
+    choices = {"parametrization": PARAMETRIZATIONS, "loss": LOSSES}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if self.config["parametrization"] != "gs" and not self.config["guidance"]:
+            raise GasbenchError(
+                "guidance=false ablates GS's additive theoretical guidance; the s4s parametrisations have none to remove."
+            )
+
+    def _time_range(self, teacher) -> tuple[float, float]:
         return teacher.time.t(teacher.sigma_max), teacher.time.t(teacher.sigma_min)
 
-    def init_parameters(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
-        t_max, delta = self._times(teacher)
-        sigmas = make_sigmas(self.resolved_config(teacher)["schedule"], nfe, teacher)
+    def parameters_for(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
+        if nfe < 1:
+            raise GasbenchError(f"NFE must be at least 1, got {nfe}.")
+        cfg = self.resolved_config(teacher)
+        t_max, delta = self._time_range(teacher)
+        sigmas = make_sigmas(cfg["schedule"], nfe, teacher)
         t = torch.tensor([teacher.time.t(float(s)) for s in sigmas], dtype=torch.float64)
         t[0], t[-1] = t_max, delta
-        params = {
-            "theta": _inverse_stick_breaking(t, delta),
-            "a_hat": torch.zeros(nfe, nfe, dtype=torch.float64),
-            "c_hat": torch.zeros(nfe, nfe, dtype=torch.float64),
-            "xi": torch.zeros(nfe, dtype=torch.float64),
-        }
-        if not self.config["guidance"]:
-            # no theoretical guidance: the base at the initial steps becomes the starting point of
-            # the trained coefficients, which then no longer move with the time steps
-            base = self._base(params["theta"], teacher)
-            params["a_hat"], params["c_hat"] = base.a.clone(), base.c.clone()
+        if not bool((t[1:] < t[:-1]).all()):
+            raise GasbenchError(f"schedule '{cfg['schedule']}' does not give {nfe} strictly decreasing steps for GS.")
+        params = {"theta": inverse_stick_breaking(t, delta)}
+        if self.config["decouple"]:
+            params["xi"] = torch.zeros(nfe, dtype=torch.float64)
+        sigmas = teacher.time.sigma(stick_breaking_times(params["theta"], t_max, delta))
+        zeros = torch.zeros(nfe, nfe, dtype=torch.float64)
+        parametrization = self.config["parametrization"]
+        if parametrization == "gs":
+            params["a_hat"], params["c_hat"] = zeros.clone(), zeros.clone()
+            if not self.config["guidance"]:
+                for n in range(nfe):  # start from DPM-Solver++(3M) on the initial steps
+                    for key, coef in dpmpp3m_step(sigmas, n, self.config["lower_order_final"]).items():
+                        params["a_hat" if key == -1 else "c_hat"][n, n if key == -1 else key] = coef
+            return params
+        params["c"] = zeros.clone()
+        for n in range(nfe):  # c = DPM-Solver++(3M)'s coefficients / b_n on the initial steps
+            b = 1 - sigmas[n + 1] / sigmas[n]
+            for key, coef in dpmpp3m_step(sigmas, n, self.config["lower_order_final"]).items():
+                if key >= 0:
+                    params["c"][n, key] = coef / b
+        if parametrization == "s4s-pc":  # the corrector starts as the identity: same c, 0 on D_{n+1}
+            params["corrector"] = torch.zeros(nfe - 1, nfe, dtype=torch.float64)
+            params["corrector"][:, :-1] = params["c"][:-1, :-1]
         return params
 
-    def _base(self, theta: torch.Tensor, teacher) -> SolverTable:
-        t_max, delta = self._times(teacher)
-        sigmas = teacher.time.sigma(stick_breaking_times(theta, t_max, delta))
-        return trace(dpmpp_3m, sigmas)
+    def integration_sigmas(self, params: dict[str, torch.Tensor], teacher) -> torch.Tensor:
+        """The N + 1 noise levels the updates integrate between (sigma_max ... sigma_min)."""
+        return teacher.time.sigma(stick_breaking_times(params["theta"], *self._time_range(teacher)))
 
     def table_from(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> SolverTable:
-        t_max, delta = self._times(teacher)
-        times = stick_breaking_times(params["theta"], t_max, delta)
-        lower = torch.tril(torch.ones(nfe, nfe, dtype=torch.float64))
-        a, c = params["a_hat"] * lower, params["c_hat"] * lower
-        if self.config["guidance"]:
-            base = trace(dpmpp_3m, teacher.time.sigma(times))
-            a, c = base.a + a, base.c + c
-        eval_times = times[:-1] + params["xi"] if self.config["decouple"] else times[:-1]
-        return SolverTable(a=a, c=c, sigmas=teacher.time.sigma(eval_times), sigma_final=float(teacher.time.sigma(times[-1:].detach())[0]))
+        times = stick_breaking_times(params["theta"], *self._time_range(teacher))
+        sigmas = teacher.time.sigma(times)
+        eval_sigmas = teacher.time.sigma(times[:-1] + params["xi"]) if "xi" in params else sigmas[:-1]
+        if self.config["parametrization"] == "gs":
+            table = trace(gs_loop, sigmas, eval_sigmas=eval_sigmas, a_hat=params["a_hat"], c_hat=params["c_hat"],
+                          guidance=self.config["guidance"], lower_order_final=self.config["lower_order_final"])
+        else:
+            table = trace(s4s_loop, sigmas, eval_sigmas=eval_sigmas, c=params["c"], corrector=params.get("corrector"))
+        return table

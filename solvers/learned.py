@@ -1,12 +1,19 @@
 """What every learned solver shares: parameters -> a differentiable table, one distillation loop,
 and a saved state (``solver.safetensors`` + ``solver.json``).
 
-A learned method subclasses :class:`LearnedSolver` and implements :meth:`init_parameters` and
-:meth:`table_from`; the executor, the teacher-trajectory data and the training loop are shared.
-The loop follows GAS Appendix D (Algorithm 1 without the adversarial term): the student solves
-from the cached noise x_T, the loss compares its output with the teacher's reference solution
-from the same noise, Adam with gradient clipping, an exponential moving average of the
-parameters, and periodic checkpoints so a fit resumes where it stopped.
+A learned method (GS, GAS, S4S, LD3, DLMS, ...) subclasses :class:`LearnedSolver` and implements
+:meth:`~LearnedSolver.parameters_for` and :meth:`~LearnedSolver.table_from`; the executor, the
+teacher-trajectory data and the training loop are shared. The loop is GAS Appendix D without the
+adversarial term: the student solves from the cached noise x_T, a distance compares its output
+with the teacher's reference solution from the same noise (GAS Eq. 7), Adam with gradient-norm
+clipping, an exponential moving average (EMA) of the parameters that the solver samples with,
+and periodic checkpoints so a fit resumes where it stopped and ends with the same parameters as
+an uninterrupted one.
+
+Losses: ``l1`` (mean absolute error in sample space; GAS for latent teachers), ``l2`` (mean
+squared error) and ``lpips-vgg`` (LPIPS-VGG on ``teacher.decode`` images upsampled to 224, GAS
+for pixel teachers). The built-in 8x8 teachers default to L1: LPIPS-VGG at 224 costs about a
+second per image pair on a CPU, a hundred times the student's own solve.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import json
 import math
 import time
 from abc import abstractmethod
+from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -32,9 +41,13 @@ from gasbench.solvers.executor import SolverTable, execute
 
 STATE_FILE = "solver.safetensors"
 CONFIG_FILE = "solver.json"
-CHECKPOINT_FORMAT = "gasbench.learned_solver_checkpoint.v1"
-# options every learned solver has: the distillation budget (GAS Appendix D; CPU defaults for the
-# built-in teachers are each method's own)
+STATE_FORMAT = "gasbench.learned_solver.v1"
+CHECKPOINT_FORMAT = "gasbench.learned_solver_checkpoint.v2"
+LOSSES = ("l1", "l2", "lpips-vgg")
+# Options every learned solver has: the distillation budget. The paper's values are GAS Appendix
+# D.4 (Adam lr 1e-3, clip 1.0, EMA 0.999, batch 24, 1,400 training pairs, LPIPS, 10k iterations);
+# ``iterations`` and ``lr`` are CPU defaults for the built-in teachers that each method may
+# override (see gasbench.solvers.gs for the measured budget).
 TRAINING_OPTIONS = {
     "iterations": 300,
     "batch_size": 24,
@@ -44,101 +57,152 @@ TRAINING_OPTIONS = {
     "loss": "l1",
     "train_size": 1400,
     "seed": 0,
-    "checkpointing": True,
+    "checkpointing": False,
 }
-LOSSES = ("l1", "l2", "lpips-vgg")
+
+
+@lru_cache(maxsize=1)
+def _lpips_vgg():
+    from gasbench.lpips_metric import load_lpips
+
+    return load_lpips("vgg")[0]
 
 
 def distillation_loss(name: str, student: torch.Tensor, target: torch.Tensor, teacher) -> torch.Tensor:
-    """Mean distance between student and teacher outputs: L1 / L2 in sample space (GAS uses L1
-    for latent teachers) or LPIPS-VGG on decoded images upsampled to 224 (GAS, pixel teachers)."""
+    """Mean distance d(student, teacher) over a batch (GAS Eq. 7)."""
     if name == "l1":
         return (student - target).abs().mean()
     if name == "l2":
-        return (student - target).pow(2).flatten(1).sum(1).sqrt().mean()
-    from gasbench.lpips_metric import lpips_distance
-    from gasbench.metrics import lpips_model
+        return (student - target).pow(2).mean()
+    if name == "lpips-vgg":
+        from gasbench.lpips_metric import lpips_distance
 
-    decode = lambda x: ((x + 1) / 2).clamp(0, 1)  # noqa: E731  (differentiable teacher.decode for pixels)
-    return lpips_distance(decode(student), decode(target), lpips_model("vgg")[0], resize_to=224).mean()
+        return lpips_distance(teacher.decode(student), teacher.decode(target), _lpips_vgg(), resize_to=224).mean()
+    raise GasbenchError(f"unknown distillation loss {name!r}; choose one of {', '.join(LOSSES)}.")
+
+
+@dataclass
+class FitResult:
+    """What a fit did; also stored in ``solver.json`` and in the result record (``training``)."""
+
+    iterations: int
+    wall_time_s: float
+    initial_validation_loss: float
+    final_validation_loss: float
+    loss: str
+    train_size: int
+    validation_size: int
+    resumed_at: int = 0  # iterations already done by the checkpoint this fit resumed from
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class LearnedSolver(Solver):
     """A solver whose table comes from trained parameters.
 
-    ``fit`` trains them on teacher data; ``table`` then returns the table of the EMA parameters,
-    and before any fit the table of the initial parameters (for GS: DPM-Solver++(3M)).
+    Subclasses implement :meth:`parameters_for` (the initial parameters) and :meth:`table_from`
+    (their table, differentiable). :meth:`fit` trains them on teacher data; :meth:`table` then
+    returns the table of the EMA parameters, and before any fit the table of the initial ones.
+    One instance holds the parameters of one (teacher, NFE).
     """
 
     learned = True
+    choices = {"loss": LOSSES}
 
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.params: Optional[dict[str, torch.Tensor]] = None
         self.summary: dict[str, Any] = {}
-        if self.config.get("loss", "l1") not in LOSSES:
-            raise GasbenchError(f"solver '{self.name}' loss must be one of {', '.join(LOSSES)}, got {self.config['loss']!r}.")
+        self.trained_for: Optional[tuple[str, int]] = None  # (teacher name, NFE) of self.params
+        self._state_identity: dict[str, Any] = {}  # what solver.json records about them
 
     @abstractmethod
-    def init_parameters(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
-        """The parameters before training (float64 leaf tensors)."""
+    def parameters_for(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
+        """The parameters before training (float64 tensors)."""
 
     @abstractmethod
     def table_from(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> SolverTable:
-        """The table of ``params``; differentiable in them."""
+        """The table of ``params``, differentiable in them."""
 
     def table(self, teacher, nfe: int) -> SolverTable:
         if nfe < 1:
             raise GasbenchError(f"NFE must be at least 1, got {nfe}.")
-        params = self.params if self.params is not None else self.init_parameters(teacher, nfe)
+        if self.params is None:
+            params = self.parameters_for(teacher, nfe)
+        elif self.trained_for != (teacher.name, nfe):
+            raise GasbenchError(
+                f"this {self.name} solver holds parameters trained for teacher '{self.trained_for[0]}' at "
+                f"NFE {self.trained_for[1]}, not '{teacher.name}' at NFE {nfe}; fit or load one per teacher and NFE."
+            )
+        else:
+            params = self.params
         with torch.no_grad():
             table = self.table_from(params, teacher, nfe)
         return SolverTable(table.a.detach(), table.c.detach(), table.sigmas.detach(), table.sigma_final)
 
-    # --- training -------------------------------------------------------------------------------
+    # --- the objective -------------------------------------------------------------------------
 
-    def solve(self, params, teacher, nfe: int, noise: torch.Tensor, cond) -> torch.Tensor:
-        """The student's output from unit noise, differentiable in ``params``; with
-        ``checkpointing`` each denoiser call is recomputed in the backward pass, so activation
-        memory does not grow with NFE."""
+    def solve(self, params, teacher, nfe: int, noise: torch.Tensor, cond, checkpointing: bool = False) -> torch.Tensor:
+        """The student's samples from unit ``noise``, differentiable in ``params``.
+
+        With ``checkpointing`` each denoiser call is recomputed in the backward pass instead of
+        keeping its activations, so memory does not grow with NFE x batch (one more forward pass
+        per evaluation).
+        """
         table = self.table_from(params, teacher, nfe)
         denoise = teacher.denoiser(cond)
-        if self.config["checkpointing"]:
+        if checkpointing:
             plain = denoise
             denoise = lambda x, sigma: checkpoint(plain, x, sigma, use_reentrant=False)  # noqa: E731
         return execute(table, denoise, noise.to(torch.float64) * teacher.sigma_max).float()
 
-    def loss(self, params, teacher, nfe: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        student = self.solve(params, teacher, nfe, batch["noise"], batch.get("cond"))
+    def loss(self, params, teacher, nfe: int, batch: dict[str, torch.Tensor], checkpointing: bool = False) -> torch.Tensor:
+        """The distillation loss of ``params`` on a batch of (noise, x0[, cond])."""
+        student = self.solve(params, teacher, nfe, batch["noise"], batch.get("cond"), checkpointing)
         return distillation_loss(self.config["loss"], student, batch["x0"], teacher)
 
     @torch.no_grad()
     def evaluate(self, params, teacher, nfe: int, data: dict[str, torch.Tensor], batch_size: int = 250) -> float:
-        """Mean distillation loss over ``data`` (validation), in batches."""
+        """Mean distillation loss over ``data`` (the validation pairs), in batches."""
         total, count = 0.0, len(data["x0"])
         for start in range(0, count, batch_size):
             batch = {k: v[start : start + batch_size] for k, v in data.items()}
             total += float(self.loss(params, teacher, nfe, batch)) * len(batch["x0"])
         return total / count
 
-    def fit(self, teacher, nfe: int, train: dict[str, torch.Tensor], validation: dict[str, torch.Tensor],
-            progress: Union[bool, Progress] = True, checkpoint_path: Optional[Path] = None) -> dict[str, Any]:
-        """Train the parameters for ``nfe`` on ``train`` (dict of noise, x0, cond) and keep the EMA.
+    # --- training ------------------------------------------------------------------------------
 
-        ``progress`` is True/False for an own progress bar, or a running rich Progress to add a task to.
+    def fit(self, teacher, nfe: int, train: dict[str, torch.Tensor], validation: dict[str, torch.Tensor],
+            progress: Union[bool, Progress] = True, checkpoint_path: Optional[Path] = None,
+            checkpoint_every: int = 100) -> FitResult:
+        """Train the parameters for ``nfe`` on ``train`` and keep their EMA as the solver's state.
+
+        ``train`` / ``validation``: dicts of ``noise`` (unit noise), ``x0`` (the teacher's solution)
+        and, for conditional teachers, ``cond``, as :meth:`TrajectoryCache.load` returns them.
+        ``progress``: True/False for an own progress bar, or a running rich Progress to add a
+        task to. ``checkpoint_path``: where to checkpoint every ``checkpoint_every`` iterations
+        and at the end; an existing checkpoint of the same configuration is resumed (the budget
+        may have grown), one of another configuration is an error.
         """
         cfg = self.config
+        for name, data in (("train", train), ("validation", validation)):
+            missing = {"noise", "x0"} - set(data)
+            if missing or len(data["x0"]) == 0:
+                raise GasbenchError(f"{self.name} fit needs non-empty {name} data with noise and x0 (missing: {sorted(missing)}).")
         start_time = time.perf_counter()
-        params = {k: v.clone().requires_grad_(True) for k, v in self.init_parameters(teacher, nfe).items()}
-        initial_loss = self.evaluate(params, teacher, nfe, validation)
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in self.parameters_for(teacher, nfe).items()}
         ema = {k: v.detach().clone() for k, v in params.items()}
         optimizer = torch.optim.Adam(list(params.values()), lr=cfg["lr"])
         generator = torch.Generator().manual_seed(cfg["seed"])
-        start, recent = 0, []
+        start, recent, initial_loss, elapsed = 0, [], None, 0.0
+        identity = json.dumps(self._identity(teacher, nfe, budget=False), sort_keys=True)
         if checkpoint_path is not None and Path(checkpoint_path).is_file():
             state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-            if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != self._checkpoint_identity(teacher, nfe):
-                raise GasbenchError(f"checkpoint {checkpoint_path} was written for another solver configuration; delete it to start over.")
+            if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
+                raise GasbenchError(
+                    f"checkpoint {checkpoint_path} was written for another solver configuration; delete it to start over."
+                )
             with torch.no_grad():
                 for k in params:
                     params[k].copy_(state["params"][k])
@@ -146,14 +210,20 @@ class LearnedSolver(Solver):
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
             start, recent = state["iteration"], list(state["recent"])
+            initial_loss, elapsed = state["initial_validation_loss"], state["elapsed_s"]
+        resumed_at = start
+        if initial_loss is None:
+            initial_loss = self.evaluate(params, teacher, nfe, validation)
 
         def save_checkpoint(iteration: int) -> None:
             if checkpoint_path is None:
                 return
             buffer = io.BytesIO()
-            torch.save({"format": CHECKPOINT_FORMAT, "config": self._checkpoint_identity(teacher, nfe),
-                        "iteration": iteration, "params": {k: v.detach() for k, v in params.items()}, "ema": ema,
-                        "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "recent": recent}, buffer)
+            torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "iteration": iteration,
+                        "params": {k: v.detach() for k, v in params.items()}, "ema": ema,
+                        "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "recent": recent,
+                        "initial_validation_loss": initial_loss,
+                        "elapsed_s": elapsed + time.perf_counter() - start_time}, buffer)
             write_atomic(Path(checkpoint_path), buffer.getvalue())
 
         size = len(train["x0"])
@@ -161,59 +231,75 @@ class LearnedSolver(Solver):
             bar, display = progress, contextlib.nullcontext()
         else:
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+                       TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("eta"),
+                       TimeRemainingColumn())
             bar = display = Progress(*columns, disable=not progress)
         with display:
             task = bar.add_task(f"[bold]fit {self.name} NFE {nfe}", total=cfg["iterations"], completed=start, loss=math.nan)
             for iteration in range(start, cfg["iterations"]):
                 index = torch.randint(size, (min(cfg["batch_size"], size),), generator=generator)
-                loss = self.loss(params, teacher, nfe, {k: v[index] for k, v in train.items()})
+                loss = self.loss(params, teacher, nfe, {k: v[index] for k, v in train.items()}, cfg["checkpointing"])
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise GasbenchError(
                         f"{self.name} training loss became {value} at iteration {iteration + 1} (NFE {nfe}); "
-                        f"lower --solver-arg lr (now {cfg['lr']}) or check the teacher data for NaN."
+                        f"lower the learning rate (--solver-arg lr=..., now {cfg['lr']}), or check the teacher "
+                        f"data for NaN (`gasbench data info`); a checkpoint, if any, holds the last good state."
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(list(params.values()), cfg["grad_clip"])
                 optimizer.step()
+                # EMA with the usual warm-up (torch_ema's num_updates, which the GAS code uses):
+                # decay min(ema, (1 + t) / (10 + t)) after t updates, so short CPU budgets still
+                # average over their last iterations rather than keep the initialisation
+                decay = min(cfg["ema"], (1 + iteration) / (10 + iteration))
                 with torch.no_grad():
                     for k in params:
-                        ema[k].lerp_(params[k], 1 - cfg["ema"])
+                        ema[k].lerp_(params[k], 1 - decay)
                 recent = (recent + [value])[-50:]
                 bar.update(task, advance=1, loss=sum(recent) / len(recent))
-                if (iteration + 1) % 100 == 0:
+                if (iteration + 1) % checkpoint_every == 0 and iteration + 1 < cfg["iterations"]:
                     save_checkpoint(iteration + 1)
-        save_checkpoint(cfg["iterations"])
-        self.params = ema
-        final_loss = self.evaluate(ema, teacher, nfe, validation)
-        self.summary = {"iterations": cfg["iterations"], "train_size": size, "validation_size": len(validation["x0"]),
-                        "initial_validation_loss": initial_loss, "final_validation_loss": final_loss,
-                        "wall_time_s": round(time.perf_counter() - start_time, 2), "loss": cfg["loss"]}
-        return self.summary
+        save_checkpoint(max(start, cfg["iterations"]))
+        self.params, self.trained_for = ema, (teacher.name, nfe)
+        self._state_identity = self._identity(teacher, nfe)
+        result = FitResult(
+            iterations=max(start, cfg["iterations"]),
+            wall_time_s=round(elapsed + time.perf_counter() - start_time, 2),
+            initial_validation_loss=initial_loss,
+            final_validation_loss=self.evaluate(ema, teacher, nfe, validation),
+            loss=cfg["loss"], train_size=size, validation_size=len(validation["x0"]), resumed_at=resumed_at,
+        )
+        self.summary = result.as_dict()
+        return result
 
-    def _identity(self, teacher, nfe: int) -> dict[str, Any]:
-        return {"solver": self.name, "nfe": nfe, "teacher": teacher.name, **self.resolved_config(teacher)}
+    def _identity(self, teacher, nfe: int, budget: bool = True) -> dict[str, Any]:
+        """What a saved state (``budget``) or a resumable checkpoint (not: the budget may grow) must match."""
+        config = self.resolved_config(teacher)
+        if not budget:
+            config.pop("iterations")
+        return {"solver": self.name, "nfe": nfe, "teacher": teacher.name,
+                "teacher_sha256": getattr(teacher, "weights_sha256", None), **config}
 
-    def _checkpoint_identity(self, teacher, nfe: int) -> str:
-        """The configuration a checkpoint must match to be resumed; the budget may grow."""
-        identity = {k: v for k, v in self._identity(teacher, nfe).items() if k != "iterations"}
-        return json.dumps(identity, sort_keys=True)
+    # --- saved state ---------------------------------------------------------------------------
 
-    # --- saved state ----------------------------------------------------------------------------
-
-    def save_state(self, directory: Path, teacher, nfe: int) -> None:
-        """Write the trained parameters and a JSON of configuration and training summary."""
+    def save_state(self, directory: Path, teacher=None, nfe: Optional[int] = None) -> None:
+        """Write ``solver.safetensors`` (the EMA parameters) and ``solver.json`` (configuration,
+        teacher, NFE and training summary), each atomically. ``teacher`` and ``nfe``, if given,
+        must be the ones the parameters were trained for."""
         if self.params is None:
             raise GasbenchError(f"solver '{self.name}' has no trained parameters to save; fit it first.")
+        if teacher is not None and (teacher.name, self.trained_for[1] if nfe is None else nfe) != self.trained_for:
+            raise GasbenchError(f"the parameters were trained for {self.trained_for}, not ({teacher.name!r}, {nfe}).")
         directory = Path(directory)
         write_atomic(directory / STATE_FILE, save({k: v.detach().contiguous() for k, v in self.params.items()}))
-        blob = {**self._identity(teacher, nfe), "training": self.summary}
+        blob = {"format": STATE_FORMAT, **self._state_identity, "training": self.summary}
         write_atomic(directory / CONFIG_FILE, (json.dumps(blob, indent=2, sort_keys=True) + "\n").encode())
 
-    def load_state(self, directory: Path, teacher, nfe: int) -> bool:
-        """Load a saved state written for this exact configuration; False if there is none."""
+    def load_state(self, directory: Path, teacher=None, nfe: Optional[int] = None) -> bool:
+        """Load a state saved by :meth:`save_state`; False when there is none or it was written for
+        another configuration (options, or the given ``teacher`` / ``nfe``)."""
         directory = Path(directory)
         try:
             blob = json.loads((directory / CONFIG_FILE).read_text())
@@ -221,11 +307,20 @@ class LearnedSolver(Solver):
         except (OSError, ValueError):
             return False
         training = blob.pop("training", {})
-        if blob != json.loads(json.dumps(self._identity(teacher, nfe))):
+        if blob.pop("format", None) != STATE_FORMAT:
             return False
-        expected = self.init_parameters(teacher, nfe)
-        if set(params) != set(expected) or any(params[k].shape != expected[k].shape for k in expected):
-            return False
+        if teacher is not None:
+            if blob != json.loads(json.dumps(self._identity(teacher, nfe if nfe is not None else blob.get("nfe")))):
+                return False
+            expected = self.parameters_for(teacher, blob["nfe"])
+            if set(params) != set(expected) or any(params[k].shape != expected[k].shape for k in expected):
+                return False
+        else:
+            saved = {k: v for k, v in blob.items() if k in self.options}
+            mine = json.loads(json.dumps({k: v for k, v in self.config.items() if v is not None}))
+            if any(saved.get(k) != v for k, v in mine.items()) or (nfe is not None and blob.get("nfe") != nfe):
+                return False
         self.params, self.summary = params, training
+        self.trained_for = (blob["teacher"], blob["nfe"])
+        self._state_identity = blob
         return True
-

@@ -15,12 +15,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
@@ -50,6 +57,13 @@ class ClassifierConfig:
 
 
 class DomainClassifier(nn.Module):
+    """A VGG-style CNN (Simonyan & Zisserman, 2015) small enough for 8x8 and 28x28 greyscale images.
+
+    conv3-ReLU-conv3-ReLU-maxpool twice (``width`` then ``2 * width`` channels), a ReLU hidden layer
+    of ``feature_dim`` units (the features of the domain FD) and a linear layer to the logits.
+    ``img_resolution`` must be a multiple of 4.
+    """
+
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         self.config = config
@@ -74,6 +88,8 @@ class DomainClassifier(nn.Module):
 
 @dataclass(frozen=True)
 class ClassifierRecipe:
+    """How the committed classifier of one dataset was trained (Adam, cosine-decayed learning rate)."""
+
     config: ClassifierConfig
     epochs: int
     batch_size: int
@@ -86,6 +102,7 @@ DIGITS_TRAIN_COUNT = 1397  # the remaining 400 of the 1,797 digits are the test 
 
 
 def _digits_split():
+    """(train images, train labels, test images, test labels) of the fixed 1,397 / 400 split."""
     images, labels = load_digits_tensor()
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     train, test = order[:DIGITS_TRAIN_COUNT], order[DIGITS_TRAIN_COUNT:]
@@ -93,6 +110,7 @@ def _digits_split():
 
 
 def _fashion_split():
+    """Fashion-MNIST's own split: 60,000 train, 10,000 test images."""
     return (*load_fashion_tensor("train"), *load_fashion_tensor("test"))
 
 
@@ -107,6 +125,7 @@ CLASSIFIER_RECIPES = {
 
 
 def weights_path(name: str) -> Path:
+    """Where the committed weights of ``name`` live (tests monkeypatch this)."""
     return WEIGHTS_DIR / f"{name}-classifier.safetensors"
 
 
@@ -119,13 +138,32 @@ def _shifted(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def accuracy(classifier: DomainClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of ``images`` whose arg-max logit is their label."""
     predictions = torch.cat([classifier(chunk).argmax(1) for chunk in images.split(1000)])
     return float((predictions == labels).double().mean())
 
 
+def _progress_bar(name: str, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{name} classifier"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
 def train_classifier(name: str, out_path: Union[str, Path], seed: int = 0, progress: bool = True,
-                     epochs: int | None = None) -> dict[str, Any]:
-    """Train the classifier of dataset ``name`` with Adam and cross-entropy, save it, return its metadata."""
+                     epochs: Optional[int] = None, max_steps: Optional[int] = None) -> dict[str, Any]:
+    """Train the classifier of dataset ``name`` with Adam and cross-entropy, save it, return its metadata.
+
+    Batches, shifts and the initialisation come from ``seed`` alone (a torch.Generator, and the
+    global RNG inside ``fork_rng``), so with the same torch build and thread count a rerun writes
+    the same bytes. ``max_steps`` stops early (for tests); the schedule still spans ``epochs``.
+    """
     recipe = CLASSIFIER_RECIPES[name]
     epochs = recipe.epochs if epochs is None else epochs
     train_x, train_y, test_x, test_y = recipe.load_split()
@@ -135,13 +173,15 @@ def train_classifier(name: str, out_path: Union[str, Path], seed: int = 0, progr
         net = DomainClassifier(recipe.config)
     optimizer = torch.optim.Adam(net.parameters(), lr=recipe.lr)
     steps_per_epoch = -(-len(train_x) // recipe.batch_size)
-    columns = (TextColumn(f"[bold]{name} classifier"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("train", total=epochs * steps_per_epoch)
+    total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    with _progress_bar(name, progress) as bar:
+        task = bar.add_task("train", total=total_steps, loss=float("nan"))
         for epoch in range(epochs):
             # cosine decay to zero: a short run still ends at a settled point
             order = torch.randperm(len(train_x), generator=generator)
             for step, index in enumerate(order.split(recipe.batch_size)):
+                if epoch * steps_per_epoch + step >= total_steps:
+                    break
                 progress_fraction = (epoch * steps_per_epoch + step) / (epochs * steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = recipe.lr * 0.5 * (1 + np.cos(np.pi * progress_fraction))
@@ -149,7 +189,7 @@ def train_classifier(name: str, out_path: Union[str, Path], seed: int = 0, progr
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                bar.advance(task)
+                bar.update(task, advance=1, loss=loss.item())
     net.eval().requires_grad_(False)
     metadata = {
         "format": FILE_FORMAT,
@@ -161,12 +201,16 @@ def train_classifier(name: str, out_path: Union[str, Path], seed: int = 0, progr
         "test_images": len(test_x),
         "torch_version": torch.__version__,
     }
+    if max_steps is not None:  # only truncated runs say so: the committed files have no such field
+        metadata["max_steps"] = max_steps
     tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
     write_atomic(Path(out_path), save(tensors, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)}))
     return metadata
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
+    """The metadata written by :func:`train_classifier`; all fields sit, as one sorted JSON object,
+    under one key, so that the same weights give the same bytes (as in ``networks.save_network``)."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = json.loads((handle.metadata() or {}).get(METADATA_KEY, "{}"))
     if metadata.get("format") != FILE_FORMAT:
