@@ -20,14 +20,6 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
@@ -36,6 +28,7 @@ from gasbench.records import write_atomic
 from gasbench.weights import verify_weights
 
 from .datasets import load_digits_tensor, load_fashion_tensor
+from .training import training_progress_bar
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 METADATA_KEY = "gasbench"
@@ -143,19 +136,6 @@ def accuracy(classifier: DomainClassifier, images: torch.Tensor, labels: torch.T
     return float((predictions == labels).double().mean())
 
 
-def _progress_bar(name: str, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn(f"[bold]{name} classifier"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
 def train_classifier(name: str, out_path: Union[str, Path], seed: int = 0, progress: bool = True,
                      epochs: Optional[int] = None, max_steps: Optional[int] = None) -> dict[str, Any]:
     """Train the classifier of dataset ``name`` with Adam and cross-entropy, save it, return its metadata.
@@ -174,7 +154,7 @@ def train_classifier(name: str, out_path: Union[str, Path], seed: int = 0, progr
     optimizer = torch.optim.Adam(net.parameters(), lr=recipe.lr)
     steps_per_epoch = -(-len(train_x) // recipe.batch_size)
     total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
-    with _progress_bar(name, progress) as bar:
+    with training_progress_bar(f"{name} classifier", progress) as bar:
         task = bar.add_task("train", total=total_steps, loss=float("nan"))
         for epoch in range(epochs):
             # cosine decay to zero: a short run still ends at a settled point

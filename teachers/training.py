@@ -145,9 +145,10 @@ def _load_checkpoint(path: Path, net_config: UNetConfig, config: TrainConfig) ->
     return state
 
 
-def _progress_bar(enabled: bool) -> Progress:
+def training_progress_bar(title: str, enabled: bool) -> Progress:
+    """A rich bar with the running loss and ETA, shared by the teachers' and classifiers' training."""
     return Progress(
-        TextColumn("[bold]EDM training"),
+        TextColumn(f"[bold]{title}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}"),
@@ -221,7 +222,7 @@ def train_edm(
             )
 
         net.train()
-        with _progress_bar(progress) as bar:
+        with training_progress_bar("EDM training", progress) as bar:
             task = bar.add_task(
                 "train", total=config.iterations, completed=start_iteration, loss=losses.mean
             )
