@@ -162,6 +162,22 @@ class LearnedSolver(Solver):
         student = self.solve(params, teacher, nfe, batch["noise"], batch.get("cond"), checkpointing)
         return distillation_loss(self.config["loss"], student, batch["x0"], teacher)
 
+    def training_loss(self, params, teacher, nfe: int, batch: dict[str, torch.Tensor], generator: torch.Generator,
+                      checkpointing: bool = False) -> torch.Tensor:
+        """The loss one training iteration minimises; the distillation loss unless a method adds
+        terms (GAS: the adversarial one, drawing fresh noise from ``generator``)."""
+        return self.loss(params, teacher, nfe, batch, checkpointing)
+
+    def start_training(self, teacher, nfe: int) -> None:
+        """Set up what a fit trains besides the solver's parameters (GAS: its discriminator)."""
+
+    def training_state(self) -> dict[str, Any]:
+        """That auxiliary state, for checkpoints (tensors and plain containers only)."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`training_state` returned."""
+
     @torch.no_grad()
     def evaluate(self, params, teacher, nfe: int, data: dict[str, torch.Tensor], batch_size: int = 250) -> float:
         """Mean distillation loss over ``data`` (the validation pairs), in batches."""
@@ -195,6 +211,7 @@ class LearnedSolver(Solver):
         ema = {k: v.detach().clone() for k, v in params.items()}
         optimizer = torch.optim.Adam(list(params.values()), lr=cfg["lr"])
         generator = torch.Generator().manual_seed(cfg["seed"])
+        self.start_training(teacher, nfe)
         start, recent, initial_loss, elapsed = 0, [], None, 0.0
         identity = json.dumps(self._identity(teacher, nfe, budget=False), sort_keys=True)
         if checkpoint_path is not None and Path(checkpoint_path).is_file():
@@ -208,6 +225,7 @@ class LearnedSolver(Solver):
                     params[k].copy_(state["params"][k])
                     ema[k].copy_(state["ema"][k])
             optimizer.load_state_dict(state["optimizer"])
+            self.load_training_state(state.get("auxiliary", {}))
             generator.set_state(state["generator"])
             start, recent = state["iteration"], list(state["recent"])
             initial_loss, elapsed = state["initial_validation_loss"], state["elapsed_s"]
@@ -221,7 +239,8 @@ class LearnedSolver(Solver):
             buffer = io.BytesIO()
             torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "iteration": iteration,
                         "params": {k: v.detach() for k, v in params.items()}, "ema": ema,
-                        "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "recent": recent,
+                        "optimizer": optimizer.state_dict(), "auxiliary": self.training_state(),
+                        "generator": generator.get_state(), "recent": recent,
                         "initial_validation_loss": initial_loss,
                         "elapsed_s": elapsed + time.perf_counter() - start_time}, buffer)
             write_atomic(Path(checkpoint_path), buffer.getvalue())
@@ -238,7 +257,8 @@ class LearnedSolver(Solver):
             task = bar.add_task(f"[bold]fit {self.name} NFE {nfe}", total=cfg["iterations"], completed=start, loss=math.nan)
             for iteration in range(start, cfg["iterations"]):
                 index = torch.randint(size, (min(cfg["batch_size"], size),), generator=generator)
-                loss = self.loss(params, teacher, nfe, {k: v[index] for k, v in train.items()}, cfg["checkpointing"])
+                batch = {k: v[index] for k, v in train.items()}
+                loss = self.training_loss(params, teacher, nfe, batch, generator, cfg["checkpointing"])
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise GasbenchError(
