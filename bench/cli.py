@@ -11,6 +11,7 @@ from typing import Optional
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gasbench.errors import GasbenchError
@@ -107,6 +108,42 @@ def table(
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     if into is not None:
         write_into(into, text)
+
+
+@app.command()
+def show(
+    cell: Path = typer.Argument(..., help="A learned method's cell directory, e.g. results/digits/gs/nfe4."),
+    decimals: int = typer.Option(4, "--decimals", help="Digits after the point in the coefficient tables."),
+):
+    """A learned solver's saved state: configuration, training, time steps (learned vs initial) and
+    the Eq. 13 coefficient tables a (on previous points) and c (on denoiser outputs)."""
+    from gasbench.solvers.learned import load_saved_solver
+
+    solver, teacher, nfe = load_saved_solver(cell)
+    console.print(f"[bold]{solver.name}[/] for teacher '{teacher.name}' at NFE {nfe} ({cell})")
+    console.print("options: " + ", ".join(f"{k}={v}" for k, v in solver.resolved_config(teacher).items()), highlight=False)
+    if solver.summary:
+        console.print("training: " + ", ".join(f"{k}={v}" for k, v in solver.summary.items()), highlight=False)
+    learned = solver.steps(solver.params, teacher, nfe)
+    initial = solver.steps(solver.parameters_for(teacher, nfe), teacher, nfe)
+    steps = Table(title="steps n = 0 .. NFE-1, learned and (initial)", title_justify="left")
+    steps.add_column("")
+    for n in range(nfe):
+        steps.add_column(str(n), justify="right")
+    for name in learned:
+        steps.add_row(name, *(f"{float(v):.4g}" for v in learned[name]))
+        steps.add_row(f"({name})", *(f"{float(v):.4g}" for v in initial[name]), style="dim")
+    console.print(steps)
+    table = solver.table(teacher, nfe)
+    for name, matrix in (("a", table.a), ("c", table.c)):
+        out = Table(title=escape(f"{name}[n, j] on x_j and D_j: row n makes x_(n+1)"), title_justify="left")
+        out.add_column("n", justify="right")
+        for j in range(nfe):
+            out.add_column(f"j={j}", justify="right")
+        for n in range(nfe):
+            out.add_row(str(n), *(f"{float(matrix[n, j]):.{decimals}f}" if j <= n else "" for j in range(nfe)))
+        console.print(out)
+    console.print(f"output noise level: {table.sigma_final:.5g}")
 
 
 @app.command("list")
@@ -220,6 +257,34 @@ def bench_overhead(
     for r in rows:
         out.add_row(r["method"], str(r["nfe"]), f"{r['denoiser_ms']:.1f}", f"{r['solver_ms']:.2f}",
                     f"{r['overhead_pct']:.2f}%", f"{r['table_ms']:.1f}")
+    console.print(out)
+
+
+@bench_app.command("training")
+def bench_training(
+    method: str = typer.Option("gs", "--method", "-m", help="A learned method."),
+    dataset: str = typer.Option("digits", "--dataset", "-d"),
+    nfe: list[str] = typer.Option(["4,10"], "--nfe"),
+    batch_size: int = typer.Option(24, "--batch-size"),
+    repeats: int = typer.Option(3, "--repeats"),
+):
+    """One training iteration against the student's own network passes, and its peak memory, with
+    and without gradient checkpointing."""
+    import torch
+
+    from gasbench.overhead import measure_training_step
+
+    if not getattr(SOLVERS.get(method), "learned", False):
+        raise GasbenchError(f"'{method}' is not a learned method; `gasbench list solvers` shows which are.")
+    teacher = TEACHERS.get(dataset)()
+    rows = measure_training_step(teacher, SOLVERS.resolve(method).name, _ints(nfe, "--nfe"), batch_size, repeats)
+    device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
+    out = Table(title=f"{method} training step on {dataset}, batch {batch_size} ({device})")
+    for col in ("NFE", "checkpointing", "step ms", "network fwd+bwd ms", "step / network", "peak MB"):
+        out.add_column(col, justify="right")
+    for r in rows:
+        out.add_row(str(r["nfe"]), "yes" if r["checkpointing"] else "no", f"{r['step_ms']:.0f}",
+                    f"{r['network_ms']:.0f}", f"{r['ratio']:.2f}", f"{r['peak_mb']:.0f}")
     console.print(out)
 
 

@@ -6,6 +6,8 @@ arithmetic (Eq. 13 combinations). Reported as a ratio so machine noise cancels.
 
 from __future__ import annotations
 
+import math
+import os
 import time
 
 import torch
@@ -77,4 +79,92 @@ def measure_metric_speed(teacher, metrics: list[str], num_samples: int, seed: in
         spec.compute(Evaluation(samples, reference, teacher))
         seconds = time.perf_counter() - t1
         rows.append({"metric": name, "setup_s": t1 - t0, "compute_s": seconds, "images_per_s": num_samples / seconds})
+    return rows
+
+
+def _training_batch(teacher, batch_size: int) -> dict[str, torch.Tensor]:
+    noise, cond = noise_and_conditions(teacher, list(range(batch_size)))
+    target = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1))
+    return {"noise": noise.float(), "x0": target, **({"cond": cond} if cond is not None else {})}
+
+
+def _training_step(solver, teacher, nfe: int, batch_size: int):
+    """One fit iteration of ``solver`` as :meth:`LearnedSolver.fit` runs it (loss, backward,
+    clipping, Adam), as a closure over its parameters and a fixed batch."""
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in solver.parameters_for(teacher, nfe).items()}
+    optimizer = torch.optim.Adam(list(params.values()), lr=solver.config["lr"])
+    batch, generator = _training_batch(teacher, batch_size), torch.Generator().manual_seed(0)
+    solver.start_training(teacher, nfe)
+
+    def step() -> None:
+        loss = solver.training_loss(params, teacher, nfe, batch, generator, solver.config["checkpointing"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(params.values()), solver.config["grad_clip"])
+        optimizer.step()
+
+    return step, params, batch
+
+
+def peak_memory_mb(fn) -> float:
+    """How far running ``fn`` raises the memory held by tensors above what it held before, in MiB:
+    ``max_memory_allocated`` on a GPU; on a CPU, the running sum of the allocations and frees the
+    torch profiler records (its tracer's console chatter is silenced)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    held = peak = 0
+    for _, nbytes in events:
+        held += nbytes
+        peak = max(peak, held)
+    return peak / 2**20
+
+
+def measure_training_step(teacher, method: str, nfes: list[int], batch_size: int, repeats: int = 3):
+    """Rows of (NFE, checkpointing, step ms, network ms, ratio, peak MB) for a learned method.
+
+    ``network ms`` is the student's own network passes alone: NFE forward and backward passes of
+    the teacher's denoiser at the batch size, the floor any training step pays; the ratio step /
+    network is the solver's training overhead (GAS target <= 1.25 without checkpointing, which
+    recomputes each forward pass). Peak memory is the rise of the peak during one step: on a GPU
+    ``max_memory_allocated``, on a CPU the profiler's record of tensor allocations.
+    """
+    rows = []
+    for nfe in nfes:
+        for checkpointing in (False, True):
+            solver = SOLVERS.get(method)(checkpointing=checkpointing)
+            step, params, batch = _training_step(solver, teacher, nfe, batch_size)
+            sigmas = solver.table_from({k: v.detach() for k, v in params.items()}, teacher, nfe).sigmas.float()
+            denoiser = teacher.denoiser(batch.get("cond"))
+
+            def network_passes() -> None:
+                for sigma in sigmas:
+                    x = (batch["noise"] * sigma).requires_grad_(True)
+                    denoiser(x, sigma).backward(torch.ones_like(x))
+
+            times = {"step": math.inf, "network": math.inf}
+            for repeat in range(repeats + 1):  # interleaved, so load changes hit both; the first is warm-up
+                for name, fn in (("step", step), ("network", network_passes)):
+                    t0 = time.perf_counter()
+                    fn()
+                    if repeat:
+                        times[name] = min(times[name], time.perf_counter() - t0)
+            peak_mb = peak_memory_mb(step)
+            rows.append({"nfe": nfe, "checkpointing": checkpointing, "step_ms": 1e3 * times["step"],
+                         "network_ms": 1e3 * times["network"], "ratio": times["step"] / times["network"],
+                         "peak_mb": peak_mb})
     return rows

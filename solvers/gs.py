@@ -207,6 +207,14 @@ class GeneralizedSolver(LearnedSolver):
         """The N + 1 noise levels the updates integrate between (sigma_max ... sigma_min)."""
         return teacher.time.sigma(stick_breaking_times(params["theta"], *self._time_range(teacher)))
 
+    def steps(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            times = stick_breaking_times(params["theta"], *self._time_range(teacher))
+            out = {"time t_n": times[:-1], "sigma(t_n)": teacher.time.sigma(times[:-1])}
+            if "xi" in params:
+                out["t_n + xi_n"] = times[:-1] + params["xi"]
+            return {**out, **super().steps(params, teacher, nfe)}
+
     def table_from(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> SolverTable:
         times = stick_breaking_times(params["theta"], *self._time_range(teacher))
         sigmas = teacher.time.sigma(times)

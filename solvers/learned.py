@@ -302,6 +302,12 @@ class LearnedSolver(Solver):
         return {"solver": self.name, "nfe": nfe, "teacher": teacher.name,
                 "teacher_sha256": getattr(teacher, "weights_sha256", None), **config}
 
+    def steps(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> dict[str, torch.Tensor]:
+        """Named per-step noise levels of ``params`` for `gasbench show` (a method adds its own,
+        e.g. GS's integration steps)."""
+        with torch.no_grad():
+            return {"evaluation sigma": self.table_from(params, teacher, nfe).sigmas}
+
     # --- saved state ---------------------------------------------------------------------------
 
     def save_state(self, directory: Path, teacher=None, nfe: Optional[int] = None) -> None:
@@ -344,3 +350,29 @@ class LearnedSolver(Solver):
         self.trained_for = (blob["teacher"], blob["nfe"])
         self._state_identity = blob
         return True
+
+
+def load_saved_solver(directory: Path) -> tuple[LearnedSolver, Any, int]:
+    """The learned solver saved in a result cell, with its teacher and NFE (for `gasbench show`)."""
+    from gasbench.registry import SOLVERS, TEACHERS
+
+    directory = Path(directory)
+    try:
+        blob = json.loads((directory / CONFIG_FILE).read_text())
+        name, teacher_name, nfe = blob["solver"], blob["teacher"], int(blob["nfe"])
+    except OSError:
+        raise GasbenchError(
+            f"{directory} holds no saved learned solver ({CONFIG_FILE}); pass the cell directory of a learned "
+            f"method, e.g. results/digits/gs/nfe4."
+        ) from None
+    except (ValueError, KeyError, TypeError):
+        raise GasbenchError(f"{directory / CONFIG_FILE} is not a solver state written by gasbench; rerun the cell.") from None
+    cls = SOLVERS.get(name)
+    solver = cls(**{k: blob[k] for k in cls.options if k in blob})
+    teacher = TEACHERS.get(teacher_name)()
+    if not solver.load_state(directory, teacher, nfe):
+        raise GasbenchError(
+            f"the state in {directory} does not match {name} for teacher '{teacher_name}' at NFE {nfe} (other "
+            f"teacher weights, or a damaged {STATE_FILE}); rerun the cell with --overwrite."
+        )
+    return solver, teacher, nfe

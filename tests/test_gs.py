@@ -177,3 +177,39 @@ def test_gasbench_run_trains_records_and_reuses_gs(tmp_path):
     (cell / "metrics.json").unlink()  # the record is gone but the trained state is reused
     rerun = {r["method"]: r for r in run(config)}
     assert rerun[label]["metrics"] == gs["metrics"] and rerun[label]["training"] == gs["training"]
+
+
+def test_gasbench_show_prints_learned_steps_and_refuses_other_cells(gmm, tmp_path, monkeypatch, capsys):
+    from test_cli import gasbench
+
+    from gasbench.runner import RunConfig, run
+
+    run(RunConfig(teacher="gmm", methods=["gs", "euler"], nfes=[3], num_samples=16, results_dir=tmp_path,
+                  solver_args={"iterations": "20", "train_size": "48", "lr": "1e-2"}))
+    cell = tmp_path / "gmm" / "gs+iterations=20+lr=1e-2+train_size=48" / "nfe3"
+    code, out, _ = gasbench(monkeypatch, capsys, "show", cell)
+    assert code == 0 and "gs for teacher 'gmm' at NFE 3" in out and "iterations=20" in out
+    learned = SOLVERS.get("gs")(iterations=20, train_size=48, lr=1e-2)
+    assert learned.load_state(cell)
+    first_step = f"{float(learned.steps(learned.params, gmm, 3)['evaluation sigma'][1]):.4g}"
+    assert first_step in out and "(evaluation sigma)" in out and "c[n, j]" in out
+    code, _, err = gasbench(monkeypatch, capsys, "show", tmp_path / "gmm" / "euler" / "nfe3")
+    assert code == 2 and "no saved learned solver" in err
+    (cell / "solver.json").write_text("{not json")
+    code, _, err = gasbench(monkeypatch, capsys, "show", cell)
+    assert code == 2 and "not a solver state" in err
+
+
+def test_gradient_checkpointing_bounds_training_memory():
+    from gasbench.overhead import _training_step, peak_memory_mb
+    from gasbench.registry import TEACHERS
+
+    digits = TEACHERS.get("digits")()
+    peaks = {}
+    for nfe in (2, 6):
+        for checkpointing in (False, True):
+            step, _, _ = _training_step(SOLVERS.get("gs")(checkpointing=checkpointing), digits, nfe, 8)
+            peaks[nfe, checkpointing] = peak_memory_mb(step)
+    assert peaks[6, False] > 2 * peaks[2, False]  # activations of every denoiser call are kept
+    assert peaks[6, True] < 0.5 * peaks[6, False]
+    assert peaks[6, True] < 1.5 * peaks[2, True]  # with checkpointing, memory hardly grows with NFE
