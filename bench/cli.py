@@ -99,15 +99,18 @@ def table(
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="Comma-separated metrics to tabulate (see `gasbench list metrics`); default: each teacher's first."),
     fmt: str = typer.Option("markdown", "--format", help="markdown, latex or csv."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Only this teacher's table."),
+    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m", help="Comma-separated method labels or patterns to show (e.g. 'gs*,dpmpp3m'); default: all."),
+    exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="Comma-separated patterns of method labels to leave out (e.g. '*+*': non-default configurations)."),
     into: Optional[Path] = typer.Option(None, "--into", help="Also write the tables between the gasbench-table markers of this file (e.g. README.md)."),
+    block: Optional[str] = typer.Option(None, "--block", help="With --into: fill the markers named <!-- gasbench-table:BLOCK:start/end --> instead."),
 ):
     """Render leaderboards from recorded results: rows = methods, columns = NFE, best in bold."""
     from gasbench.tables import render, write_into
 
-    text = render(results_dir, _split(metric) or None, fmt, teacher)
+    text = render(results_dir, _split(metric) or None, fmt, teacher, _split(methods) or None, _split(exclude) or None)
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     if into is not None:
-        write_into(into, text)
+        write_into(into, text, block)
 
 
 @app.command()

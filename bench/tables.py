@@ -3,6 +3,7 @@ rows = methods, columns = NFE, the best value of each column in bold."""
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import pandas as pd
@@ -81,8 +82,21 @@ def _default_metric(frame: pd.DataFrame, teacher: str) -> str:
     return next((m for m in default_metrics(teacher) if m in recorded), recorded[0])
 
 
-def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "markdown", teacher: str | None = None) -> str:
-    """Leaderboards of every teacher (or one) for each of ``metrics`` (default: the teacher's first)."""
+def select_methods(frame: pd.DataFrame, methods: list[str] | None, exclude: list[str] | None) -> pd.DataFrame:
+    """The rows whose method label matches one of ``methods`` and none of ``exclude`` (shell-style
+    patterns, e.g. ``gs*`` or ``*+*`` for every non-default configuration); the teacher row stays."""
+    def matches(label: str, patterns: list[str]) -> bool:
+        return any(fnmatch.fnmatchcase(label, p) for p in patterns)
+
+    keep = frame.method.map(lambda m: m == TEACHER_LABEL or (
+        (not methods or matches(m, methods)) and not (exclude and matches(m, exclude))))
+    return frame[keep]
+
+
+def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "markdown", teacher: str | None = None,
+           methods: list[str] | None = None, exclude: list[str] | None = None) -> str:
+    """Leaderboards of every teacher (or one) for each of ``metrics`` (default: the teacher's first),
+    with the methods :func:`select_methods` keeps."""
     if fmt not in FORMATS:
         raise GasbenchError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}.")
     for name in metrics or []:
@@ -90,6 +104,7 @@ def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "mark
     frame = load_frame(results_dir)
     if frame.empty:
         raise GasbenchError(f"no results recorded under '{results_dir}'. Run `gasbench run` first.")
+    frame = select_methods(frame, methods, exclude)
     teachers = sorted(frame.teacher.unique()) if teacher is None else [teacher]
     parts = []
     for name in teachers:
@@ -116,19 +131,22 @@ def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "mark
     return "\n\n".join(parts) + "\n"
 
 
-START_MARKER = "<!-- gasbench-table:start -->"
-END_MARKER = "<!-- gasbench-table:end -->"
+MARKER = "<!-- gasbench-table{name}:{end} -->"
 
 
-def write_into(document: Path, text: str) -> None:
-    """Replace what stands between the leaderboard markers of ``document`` with ``text``."""
+def write_into(document: Path, text: str, block: str | None = None) -> None:
+    """Replace what stands between the leaderboard markers of ``document`` with ``text``:
+    ``<!-- gasbench-table:start -->`` ... ``<!-- gasbench-table:end -->``, or for a named
+    ``block`` ``<!-- gasbench-table:NAME:start -->`` ... ``<!-- gasbench-table:NAME:end -->``."""
     from gasbench.records import write_atomic
 
+    name = f":{block}" if block else ""
+    start_marker, end_marker = MARKER.format(name=name, end="start"), MARKER.format(name=name, end="end")
     content = Path(document).read_text()
-    start, end = content.find(START_MARKER), content.find(END_MARKER)
+    start, end = content.find(start_marker), content.find(end_marker)
     if start < 0 or end < start:
         raise GasbenchError(
-            f"{document} has no '{START_MARKER}' ... '{END_MARKER}' block to fill; add the two markers."
+            f"{document} has no '{start_marker}' ... '{end_marker}' block to fill; add the two markers."
         )
-    updated = content[: start + len(START_MARKER)] + "\n" + text.rstrip() + "\n" + content[end:]
+    updated = content[: start + len(start_marker)] + "\n" + text.rstrip() + "\n" + content[end:]
     write_atomic(Path(document), updated.encode())
