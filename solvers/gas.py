@@ -15,11 +15,13 @@ Penalty weight: the paper's text sets lambda_1 = lambda_2 = 0.1 (Appendix D.4); 
 code passes ``Gamma=0.2`` and adds ``Gamma / 2 * (R1 + R2)``, the same 0.1 each. ``gamma`` here is
 that code's Gamma (default 0.2), so each penalty weighs ``gamma / 2``.
 
-Discriminator: :class:`~gasbench.solvers.discriminator.CompactDiscriminator`, random-initialised
-from the fit's seed. The paper starts from a pretrained R3GAN for pixel teachers and trains one
-from scratch for latent teachers, with Adam lr 1e-5 for 10k-30k iterations; a built-in teacher's
-CPU budget is a few hundred iterations, so its discriminator learns with ``disc_lr`` 1e-4 (the
-paper's 1e-5 is one option away; README, "GAS", compares the two).
+Discriminator (option ``discriminator``): by default
+:class:`~gasbench.solvers.discriminator.CompactDiscriminator`, random-initialised from the fit's
+seed; ``r3gan`` for R3GAN's own layout at three-quarter width (the paper's latent teachers), or
+the path of an R3GAN release pickle (the paper's pixel teachers, :mod:`gasbench.solvers.r3gan`).
+The paper trains its discriminators with Adam lr 1e-5 over 10k-30k iterations; a built-in
+teacher's CPU budget is a few hundred iterations, so ``disc_lr`` defaults to 1e-4 (the paper's
+1e-5 is one option away; README, "GAS", compares them).
 
 Defaults follow Appendix D.4.1 for a small pixel set (CIFAR-10): adversarial weight 0.1; the
 training set is 5,000 pairs as for every GAS teacher except CIFAR-10.
@@ -27,6 +29,7 @@ training set is 5,000 pairs as for every GAS teacher except CIFAR-10.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from gasbench.registry import register_solver
 from gasbench.solvers.discriminator import CompactDiscriminator
 from gasbench.solvers.gs import GeneralizedSolver
+from gasbench.solvers.r3gan import LATENT_LAYOUT, R3GANDiscriminator, load_r3gan_discriminator
 from gasbench.solvers.learned import distillation_loss
 
 
@@ -63,14 +67,25 @@ class GeneralizedAdversarialSolver(GeneralizedSolver):
         "gamma": 0.2,
         "disc_lr": 1e-4,
         "disc_width": 32,
+        "discriminator": "compact",
     }
+
+    def make_discriminator(self, teacher) -> torch.nn.Module:
+        """The ``discriminator`` option: ``compact`` (default), ``r3gan`` (R3GAN's FFHQ-64 layout at
+        three-quarter width, random init: GAS's choice for latent teachers) or the path of an R3GAN
+        release pickle (GAS's choice for pixel teachers), read without running its code."""
+        choice = self.config["discriminator"]
+        if choice == "compact":
+            return CompactDiscriminator(tuple(teacher.shape), getattr(teacher, "num_classes", 0),
+                                        width=self.config["disc_width"])
+        if choice == "r3gan":
+            return R3GANDiscriminator(channels=teacher.shape[0], **LATENT_LAYOUT)
+        return load_r3gan_discriminator(Path(choice))
 
     def start_training(self, teacher, nfe: int) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config["seed"])
-            self.discriminator = CompactDiscriminator(
-                tuple(teacher.shape), getattr(teacher, "num_classes", 0), width=self.config["disc_width"]
-            )
+            self.discriminator = self.make_discriminator(teacher)
         self.discriminator.requires_grad_(False)
         self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.config["disc_lr"], betas=(0.9, 0.999))
 
