@@ -30,3 +30,16 @@ def gmm_teacher() -> GaussianMixtureTeacher:
     g = torch.Generator().manual_seed(0)
     means = torch.randn(5, 1, 4, 4, generator=g, dtype=torch.float64) * 0.8
     return GaussianMixtureTeacher(means, std=0.25)
+
+
+@pytest.fixture(scope="session")
+def gmm_pairs(tmp_path_factory):
+    """Train (96) and validation (48) pairs of (noise, x0) of the built-in ``gmm`` teacher, for fits."""
+    from gasbench.registry import TEACHERS
+    from gasbench.trajectories import TrajectoryCache
+
+    gmm, root = TEACHERS.get("gmm")(), tmp_path_factory.mktemp("gmm_pairs")
+    splits = [TrajectoryCache.for_split(gmm, split, size=size, root=root) for split, size in (("train", 96), ("validation", 48))]
+    for cache in splits:
+        cache.generate()
+    return tuple({k: v for k, v in cache.load().items() if k in ("noise", "x0")} for cache in splits)

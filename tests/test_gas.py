@@ -9,7 +9,6 @@ from gasbench.registry import SOLVERS, TEACHERS
 from gasbench.sampling import sample_seeds
 from gasbench.solvers.discriminator import CompactDiscriminator
 from gasbench.solvers.gas import gradient_penalty, relativistic_loss
-from gasbench.trajectories import TrajectoryCache
 
 FAST = {"iterations": 40, "batch_size": 16, "lr": 1e-2, "train_size": 96}
 
@@ -20,12 +19,8 @@ def gmm():
 
 
 @pytest.fixture(scope="module")
-def data(gmm, tmp_path_factory):
-    root = tmp_path_factory.mktemp("traj")
-    splits = [TrajectoryCache.for_split(gmm, split, size=size, root=root) for split, size in (("train", 96), ("validation", 48))]
-    for cache in splits:
-        cache.generate()
-    return tuple({k: v for k, v in cache.load().items() if k in ("noise", "x0")} for cache in splits)
+def data(gmm_pairs):
+    return gmm_pairs
 
 
 def test_untrained_gas_is_dpmpp3m(gmm):

@@ -11,7 +11,6 @@ from gasbench.errors import GasbenchError
 from gasbench.registry import SOLVERS
 from gasbench.sampling import sample_seeds
 from gasbench.solvers.gs import inverse_stick_breaking, stick_breaking_times
-from gasbench.trajectories import TrajectoryCache
 
 FAST = {"iterations": 60, "batch_size": 16, "lr": 1e-2}
 
@@ -24,15 +23,8 @@ def gmm():
 
 
 @pytest.fixture(scope="module")
-def data(gmm, tmp_path_factory):
-    root = tmp_path_factory.mktemp("traj")
-    train = TrajectoryCache.for_split(gmm, "train", size=96, root=root)
-    validation = TrajectoryCache.for_split(gmm, "validation", size=48, root=root)
-    for cache in (train, validation):
-        cache.generate()
-    keep = ("noise", "x0")
-    return ({k: v for k, v in train.load().items() if k in keep},
-            {k: v for k, v in validation.load().items() if k in keep})
+def data(gmm_pairs):
+    return gmm_pairs
 
 
 @pytest.mark.parametrize("lower_order_final", [True, False])

@@ -144,19 +144,12 @@ def test_truncated_or_foreign_files_give_one_message(tmp_path, release_modules):
         load_r3gan_discriminator(tmp_path / "missing.pkl")
 
 
-def test_gas_trains_with_a_release_discriminator(release_modules, tmp_path):
-    from gasbench.trajectories import TrajectoryCache
-
+def test_gas_trains_with_a_release_discriminator(release_modules, tmp_path, gmm_pairs):
     gmm = TEACHERS.get("gmm")()
     network = R3GANDiscriminator(channels=1, widths=[8], cardinalities=[2], blocks=[1], expansion=2)
     write_release_pickle(network, release_modules, tmp_path / "d.pkl")
-    data = []
-    for split, size in (("train", 32), ("validation", 16)):
-        cache = TrajectoryCache.for_split(gmm, split, size=size, root=tmp_path / "traj")
-        cache.generate()
-        data.append({k: v for k, v in cache.load().items() if k in ("noise", "x0")})
-    gas = SOLVERS.get("gas")(discriminator=str(tmp_path / "d.pkl"), iterations=3, batch_size=8, train_size=32, disc_lr=1e-2)
-    gas.fit(gmm, 2, *data, progress=False)
+    gas = SOLVERS.get("gas")(discriminator=str(tmp_path / "d.pkl"), iterations=3, batch_size=8, train_size=96, disc_lr=1e-2)
+    gas.fit(gmm, 2, *gmm_pairs, progress=False)
     before = dict(network.named_parameters())
     assert any(not torch.equal(p, before[k]) for k, p in gas.discriminator.named_parameters())
     assert isinstance(SOLVERS.get("gas")(discriminator="r3gan").make_discriminator(TEACHERS.get("digits")()), R3GANDiscriminator)
