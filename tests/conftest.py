@@ -33,6 +33,14 @@ def gmm_teacher() -> GaussianMixtureTeacher:
 
 
 @pytest.fixture(scope="session")
+def gmm():
+    """The built-in analytic teacher (``gasbench run -d gmm``)."""
+    from gasbench.registry import TEACHERS
+
+    return TEACHERS.get("gmm")()
+
+
+@pytest.fixture(scope="session")
 def gmm_pairs(tmp_path_factory):
     """Train (96) and validation (48) pairs of (noise, x0) of the built-in ``gmm`` teacher, for fits."""
     from gasbench.registry import TEACHERS

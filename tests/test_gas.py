@@ -5,22 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gasbench.registry import SOLVERS, TEACHERS
+from gasbench.registry import SOLVERS
 from gasbench.sampling import sample_seeds
 from gasbench.solvers.discriminator import CompactDiscriminator
 from gasbench.solvers.gas import gradient_penalty, relativistic_loss
 
 FAST = {"iterations": 40, "batch_size": 16, "lr": 1e-2, "train_size": 96}
-
-
-@pytest.fixture(scope="module")
-def gmm():
-    return TEACHERS.get("gmm")()
-
-
-@pytest.fixture(scope="module")
-def data(gmm_pairs):
-    return gmm_pairs
 
 
 def test_untrained_gas_is_dpmpp3m(gmm):
@@ -48,10 +38,10 @@ def test_discriminator_takes_every_teacher_shape(shape):
     assert CompactDiscriminator(shape)(torch.randn(2, *shape)).shape == (2,)
 
 
-def test_discriminator_steps_learn_to_separate_real_from_fake(gmm, data):
+def test_discriminator_steps_learn_to_separate_real_from_fake(gmm, gmm_pairs):
     solver = SOLVERS.get("gas")(disc_lr=1e-3)
     solver.start_training(gmm, 4)
-    real = data[0]["x0"][:64]
+    real = gmm_pairs[0]["x0"][:64]
     fake = real + 0.7  # a shifted "student"
     margin = lambda: float((solver.discriminator(real) - solver.discriminator(fake)).mean())  # noqa: E731
     before = margin()
@@ -61,12 +51,12 @@ def test_discriminator_steps_learn_to_separate_real_from_fake(gmm, data):
     assert not any(p.requires_grad for p in solver.discriminator.parameters())  # frozen for the solver step
 
 
-def test_gas_fit_lowers_validation_loss_differs_from_gs_and_reloads(gmm, data, tmp_path):
+def test_gas_fit_lowers_validation_loss_differs_from_gs_and_reloads(gmm, gmm_pairs, tmp_path):
     gas = SOLVERS.get("gas")(**FAST, adv_weight=0.5)
-    result = gas.fit(gmm, 4, *data, progress=False)
+    result = gas.fit(gmm, 4, *gmm_pairs, progress=False)
     assert result.final_validation_loss < result.initial_validation_loss
     plain = SOLVERS.get("gas")(**FAST, adv_weight=0.0)
-    plain.fit(gmm, 4, *data, progress=False)
+    plain.fit(gmm, 4, *gmm_pairs, progress=False)
     assert not torch.allclose(gas.params["c_hat"], plain.params["c_hat"])  # the adversarial term acts
     gas.save_state(tmp_path, gmm, 4)
     again = SOLVERS.get("gas")(**FAST, adv_weight=0.5)
@@ -76,12 +66,12 @@ def test_gas_fit_lowers_validation_loss_differs_from_gs_and_reloads(gmm, data, t
     assert not SOLVERS.get("gas")(**FAST, adv_weight=0.1).load_state(tmp_path, gmm, 4)
 
 
-def test_resumed_gas_fit_restores_the_discriminator(gmm, data, tmp_path):
+def test_resumed_gas_fit_restores_the_discriminator(gmm, gmm_pairs, tmp_path):
     whole = SOLVERS.get("gas")(**FAST)
-    whole.fit(gmm, 3, *data, progress=False)
-    SOLVERS.get("gas")(**{**FAST, "iterations": 20}).fit(gmm, 3, *data, progress=False, checkpoint_path=tmp_path / "c.pt")
+    whole.fit(gmm, 3, *gmm_pairs, progress=False)
+    SOLVERS.get("gas")(**{**FAST, "iterations": 20}).fit(gmm, 3, *gmm_pairs, progress=False, checkpoint_path=tmp_path / "c.pt")
     resumed = SOLVERS.get("gas")(**FAST)
-    assert resumed.fit(gmm, 3, *data, progress=False, checkpoint_path=tmp_path / "c.pt").resumed_at == 20
+    assert resumed.fit(gmm, 3, *gmm_pairs, progress=False, checkpoint_path=tmp_path / "c.pt").resumed_at == 20
     for key in whole.params:
         torch.testing.assert_close(resumed.params[key], whole.params[key], rtol=0, atol=0)
     for key, value in whole.discriminator.state_dict().items():

@@ -15,18 +15,6 @@ from gasbench.solvers.gs import inverse_stick_breaking, stick_breaking_times
 FAST = {"iterations": 60, "batch_size": 16, "lr": 1e-2}
 
 
-@pytest.fixture(scope="module")
-def gmm():
-    from gasbench.registry import TEACHERS
-
-    return TEACHERS.get("gmm")()
-
-
-@pytest.fixture(scope="module")
-def data(gmm_pairs):
-    return gmm_pairs
-
-
 @pytest.mark.parametrize("lower_order_final", [True, False])
 @pytest.mark.parametrize("nfe", [1, 3, 4, 7])
 def test_untrained_gs_is_dpmpp3m_on_the_same_steps(gmm, nfe, lower_order_final):
@@ -75,9 +63,9 @@ def test_stick_breaking_times_stay_strictly_decreasing_between_the_endpoints():
                                rtol=1e-13, atol=0)
 
 
-def test_fit_lowers_validation_loss_keeps_a_valid_table_and_reloads(gmm, data, tmp_path):
+def test_fit_lowers_validation_loss_keeps_a_valid_table_and_reloads(gmm, gmm_pairs, tmp_path):
     solver = SOLVERS.get("gs")(**FAST)
-    result = solver.fit(gmm, 4, *data, progress=False)
+    result = solver.fit(gmm, 4, *gmm_pairs, progress=False)
     assert result.final_validation_loss < 0.9 * result.initial_validation_loss
     assert result.iterations == 60 and solver.summary["final_validation_loss"] == result.final_validation_loss
     sigmas = solver.integration_sigmas(solver.params, gmm)
@@ -103,31 +91,31 @@ def test_fit_lowers_validation_loss_keeps_a_valid_table_and_reloads(gmm, data, t
     assert not SOLVERS.get("gs")(**FAST).load_state(tmp_path, gmm, 5)  # other NFE
 
 
-def test_s4s_ablation_trains_too(gmm, data):
+def test_s4s_ablation_trains_too(gmm, gmm_pairs):
     solver = SOLVERS.get("gs")(**{**FAST, "iterations": 30, "parametrization": "s4s-pc"})
-    result = solver.fit(gmm, 3, *data, progress=False)
+    result = solver.fit(gmm, 3, *gmm_pairs, progress=False)
     assert result.final_validation_loss < result.initial_validation_loss
 
 
-def test_resumed_fit_equals_uninterrupted_fit(gmm, data, tmp_path):
+def test_resumed_fit_equals_uninterrupted_fit(gmm, gmm_pairs, tmp_path):
     config = {**FAST, "iterations": 40}
     whole = SOLVERS.get("gs")(**config)
-    whole.fit(gmm, 3, *data, progress=False)
+    whole.fit(gmm, 3, *gmm_pairs, progress=False)
     first = SOLVERS.get("gs")(**{**config, "iterations": 20})
     # a fit stopped at its 20-iteration checkpoint, then resumed with a larger budget
-    first.fit(gmm, 3, *data, progress=False, checkpoint_path=tmp_path / "ckpt.pt")
+    first.fit(gmm, 3, *gmm_pairs, progress=False, checkpoint_path=tmp_path / "ckpt.pt")
     resumed = SOLVERS.get("gs")(**config)
-    result = resumed.fit(gmm, 3, *data, progress=False, checkpoint_path=tmp_path / "ckpt.pt")
+    result = resumed.fit(gmm, 3, *gmm_pairs, progress=False, checkpoint_path=tmp_path / "ckpt.pt")
     assert result.resumed_at == 20
     for key in whole.params:
         torch.testing.assert_close(resumed.params[key], whole.params[key], rtol=0, atol=0)
     with pytest.raises(GasbenchError, match="another solver configuration"):
-        SOLVERS.get("gs")(**{**config, "lr": 0.5}).fit(gmm, 3, *data, progress=False, checkpoint_path=tmp_path / "ckpt.pt")
+        SOLVERS.get("gs")(**{**config, "lr": 0.5}).fit(gmm, 3, *gmm_pairs, progress=False, checkpoint_path=tmp_path / "ckpt.pt")
 
 
-def test_checkpointed_loss_has_the_same_gradients(gmm, data):
+def test_checkpointed_loss_has_the_same_gradients(gmm, gmm_pairs):
     solver = SOLVERS.get("gs")()
-    batch = {k: v[:8] for k, v in data[0].items()}
+    batch = {k: v[:8] for k, v in gmm_pairs[0].items()}
     grads = []
     for checkpointing in (False, True):
         params = {k: v.requires_grad_(True) for k, v in solver.parameters_for(gmm, 4).items()}
@@ -137,11 +125,11 @@ def test_checkpointed_loss_has_the_same_gradients(gmm, data):
         torch.testing.assert_close(grads[1][key], grads[0][key], rtol=1e-10, atol=1e-12)
 
 
-def test_nan_loss_stops_with_a_clear_message(gmm, data):
-    bad_train = {k: v.clone() for k, v in data[0].items()}
+def test_nan_loss_stops_with_a_clear_message(gmm, gmm_pairs):
+    bad_train = {k: v.clone() for k, v in gmm_pairs[0].items()}
     bad_train["x0"][:] = float("nan")
     with pytest.raises(GasbenchError, match="training loss became nan at iteration 1 .*learning rate"):
-        SOLVERS.get("gs")(**FAST).fit(gmm, 4, bad_train, data[1], progress=False)
+        SOLVERS.get("gs")(**FAST).fit(gmm, 4, bad_train, gmm_pairs[1], progress=False)
 
 
 def test_unknown_loss_or_parametrization_is_refused():
