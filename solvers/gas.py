@@ -21,7 +21,7 @@ seed; ``r3gan`` for R3GAN's own layout at three-quarter width (the paper's laten
 the path of an R3GAN release pickle (the paper's pixel teachers, :mod:`gasbench.solvers.r3gan`).
 The paper trains its discriminators with Adam lr 1e-5 over 10k-30k iterations; a built-in
 teacher's CPU budget is a few hundred iterations, so ``disc_lr`` defaults to 1e-4 (the paper's
-1e-5 is one option away; README, "GAS", compares them).
+1e-5 is one option away: ``--solver-arg disc_lr=1e-5``).
 
 Defaults follow Appendix D.4.1 for a small pixel set (CIFAR-10): adversarial weight 0.1; the
 training set is 5,000 pairs as for every GAS teacher except CIFAR-10.
