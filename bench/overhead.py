@@ -89,19 +89,15 @@ def _training_batch(teacher, batch_size: int) -> dict[str, torch.Tensor]:
 
 
 def _training_step(solver, teacher, nfe: int, batch_size: int):
-    """One fit iteration of ``solver`` as :meth:`LearnedSolver.fit` runs it (loss, backward,
-    clipping, Adam), as a closure over its parameters and a fixed batch."""
+    """One fit iteration of ``solver`` (:meth:`LearnedSolver.training_step`, Adam), as a closure
+    over its parameters and a fixed batch."""
     params = {k: v.detach().clone().requires_grad_(True) for k, v in solver.parameters_for(teacher, nfe).items()}
     optimizer = torch.optim.Adam(list(params.values()), lr=solver.config["lr"])
     batch, generator = _training_batch(teacher, batch_size), torch.Generator().manual_seed(0)
     solver.start_training(teacher, nfe)
 
     def step() -> None:
-        loss = solver.training_loss(params, teacher, nfe, batch, generator, solver.config["checkpointing"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(params.values()), solver.config["grad_clip"])
-        optimizer.step()
+        solver.training_step(params, optimizer, teacher, nfe, batch, generator, iteration=0)
 
     return step, params, batch
 

@@ -168,6 +168,26 @@ class LearnedSolver(Solver):
         terms (GAS: the adversarial one, drawing fresh noise from ``generator``)."""
         return self.loss(params, teacher, nfe, batch, checkpointing)
 
+    def training_step(self, params, optimizer: torch.optim.Optimizer, teacher, nfe: int,
+                      batch: dict[str, torch.Tensor], generator: torch.Generator, iteration: int) -> float:
+        """One optimiser update of ``params`` on ``batch`` (loss, NaN/inf stop, backward, gradient
+        clipping, step); returns the loss. What :meth:`fit` runs each iteration and
+        `gasbench bench training` times."""
+        cfg = self.config
+        loss = self.training_loss(params, teacher, nfe, batch, generator, cfg["checkpointing"])
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise GasbenchError(
+                f"{self.name} training loss became {value} at iteration {iteration + 1} (NFE {nfe}); "
+                f"lower the learning rate (--solver-arg lr=..., now {cfg['lr']}), or check the teacher "
+                f"data for NaN (`gasbench data info`); a checkpoint, if any, holds the last good state."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg["grad_clip"])
+        optimizer.step()
+        return value
+
     def start_training(self, teacher, nfe: int) -> None:
         """Set up what a fit trains besides the solver's parameters (GAS: its discriminator)."""
 
@@ -258,18 +278,7 @@ class LearnedSolver(Solver):
             for iteration in range(start, cfg["iterations"]):
                 index = torch.randint(size, (min(cfg["batch_size"], size),), generator=generator)
                 batch = {k: v[index] for k, v in train.items()}
-                loss = self.training_loss(params, teacher, nfe, batch, generator, cfg["checkpointing"])
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise GasbenchError(
-                        f"{self.name} training loss became {value} at iteration {iteration + 1} (NFE {nfe}); "
-                        f"lower the learning rate (--solver-arg lr=..., now {cfg['lr']}), or check the teacher "
-                        f"data for NaN (`gasbench data info`); a checkpoint, if any, holds the last good state."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(list(params.values()), cfg["grad_clip"])
-                optimizer.step()
+                value = self.training_step(params, optimizer, teacher, nfe, batch, generator, iteration)
                 # EMA with the usual warm-up (torch_ema's num_updates, which the GAS code uses):
                 # decay min(ema, (1 + t) / (10 + t)) after t updates, so short CPU budgets still
                 # average over their last iterations rather than keep the initialisation
