@@ -87,9 +87,14 @@ def run(
         schedule=schedule, solver_args=_key_values(solver_arg), overwrite=overwrite,
         metrics=_split(metrics) or None, seed_sets=seeds,
     )
-    start = time.perf_counter()
-    records = run_benchmark(config, err_console)
-    err_console.print(f"{len(records)} cells recorded under {results_dir} in {time.perf_counter() - start:.1f} s")
+    start, timings = time.perf_counter(), {}
+    records = run_benchmark(config, err_console, timings)
+    total = time.perf_counter() - start
+    err_console.print(f"{len(records)} cells recorded under {results_dir} in {total:.1f} s")
+    if total > 0:
+        shares = ", ".join(f"{label} {seconds:.0f} s ({100 * seconds / total:.0f}%)"
+                           for label, seconds in sorted(timings.items(), key=lambda kv: -kv[1]) if seconds >= 0.5)
+        err_console.print(f"time per method: {shares}")
     console.print(render(results_dir, (config.metrics or [])[:1] or None, "markdown", teacher=records[0]["teacher"]["name"]))
 
 

@@ -119,9 +119,13 @@ def save_reference_grid(teacher, reference: torch.Tensor, results_dir: Path) -> 
     save_grid(teacher.decode(reference[:GRID_SIZE]), Path(results_dir) / teacher.name / "reference_samples.png")
 
 
-def run(config: RunConfig, console: Optional[Console] = None) -> list[dict[str, Any]]:
+def run(config: RunConfig, console: Optional[Console] = None,
+        timings: Optional[dict[str, float]] = None) -> list[dict[str, Any]]:
     """Run every (method, NFE) cell of ``config``, plus the teacher's own row; returns the records
-    (new or reused), the teacher's first if it has one."""
+    (new or reused), the teacher's first if it has one. ``timings``, if given, receives the
+    seconds this call spent per method (training data, training and sampling; reused cells
+    cost nothing) and on the teacher's reference solutions."""
+    timings = {} if timings is None else timings
     console = console or Console(stderr=True)
     for name in config.methods or []:
         SOLVERS.resolve(name)  # unknown names fail before the teacher is loaded
@@ -139,6 +143,7 @@ def run(config: RunConfig, console: Optional[Console] = None) -> list[dict[str, 
     with Progress(*columns, console=console, transient=False) as progress:
         references = []
         ref = teacher.reference
+        start = time.perf_counter()
         for seeds in seed_sets:
             cache = TrajectoryCache(teacher, tuple(seeds))
             task = progress.add_task(f"{teacher.name}: reference {ref.solver} NFE {ref.nfe}, seeds {seeds[0]}-", total=len(seeds))
@@ -147,9 +152,12 @@ def run(config: RunConfig, console: Optional[Console] = None) -> list[dict[str, 
         save_reference_grid(teacher, references[0], config.results_dir)
         teacher_record = record_teacher(config, teacher, metrics, seed_sets, references)
         records = [teacher_record] if teacher_record is not None else []
+        timings[TEACHER_LABEL] = time.perf_counter() - start
         overall = progress.add_task(f"{teacher.name}: {len(cells)} cells", total=len(cells) * len(seed_sets) * config.num_samples)
         for cell in cells:
+            start = time.perf_counter()
             records.append(run_cell(config, teacher, metrics, cell, seed_sets, references, progress, overall))
+            timings[cell.label] = timings.get(cell.label, 0.0) + time.perf_counter() - start
     return records
 
 
@@ -269,7 +277,7 @@ def prepare_learned(teacher, cell: Cell, out_dir: Path, progress: Progress) -> S
     solver, nfe = cell.solver, cell.nfe
     if not solver.load_state(out_dir, teacher, nfe):
         data = []
-        for split, size in (("train", solver.config["train_size"]), ("validation", None)):
+        for split, size in (("train", solver.config["train_size"]), ("validation", solver.validation_size)):
             cache = TrajectoryCache.for_split(teacher, split, size)
             task = progress.add_task(f"{teacher.name}: {split} trajectories ({len(cache.seeds)})", total=len(cache.seeds))
             cache.generate(on_samples=lambda n, task=task: progress.advance(task, n))

@@ -27,7 +27,7 @@ from abc import abstractmethod
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from gasbench.errors import GasbenchError
 from gasbench.records import write_atomic
 from gasbench.solvers.base import Solver
-from gasbench.solvers.executor import SolverTable, execute
+from gasbench.solvers.executor import AdaptiveTable, SolverTable, Table, execute
 
 STATE_FILE = "solver.safetensors"
 CONFIG_FILE = "solver.json"
@@ -81,6 +81,19 @@ def distillation_loss(name: str, student: torch.Tensor, target: torch.Tensor, te
     raise GasbenchError(f"unknown distillation loss {name!r}; choose one of {', '.join(LOSSES)}.")
 
 
+# The relaxed objective (LD3's soft teacher, S4S Eq. 7 / 9): each training pair's start point
+# moves inside an L2 ball around its noise by projected, normalised gradient steps of this
+# fraction of the ball's radius per visit (normalised, so the step does not depend on the loss's
+# scale, which differs between L1, L2 and LPIPS).
+RELAXED_STEP = 0.5
+
+
+def project_to_ball(offsets: torch.Tensor, radius: float) -> torch.Tensor:
+    """Per-sample projection of ``offsets`` (B, ...) onto the L2 ball of ``radius`` (S4S Alg. 1, line 6)."""
+    norms = offsets.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *[1] * (offsets.dim() - 1))
+    return offsets * torch.clamp(radius / norms, max=1.0)
+
+
 @dataclass
 class FitResult:
     """What a fit did; also stored in ``solver.json`` and in the result record (``training``)."""
@@ -109,6 +122,8 @@ class LearnedSolver(Solver):
 
     learned = True
     choices = {"loss": LOSSES}
+    # validation pairs a fit is scored on (None: the trajectory cache's default, 1,000)
+    validation_size: ClassVar[Optional[int]] = None
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -116,16 +131,18 @@ class LearnedSolver(Solver):
         self.summary: dict[str, Any] = {}
         self.trained_for: Optional[tuple[str, int]] = None  # (teacher name, NFE) of self.params
         self._state_identity: dict[str, Any] = {}  # what solver.json records about them
+        self.start_offsets: Optional[torch.Tensor] = None  # relaxed objective: per training pair
+        self.radius = 0.0
 
     @abstractmethod
     def parameters_for(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
         """The parameters before training (float64 tensors)."""
 
     @abstractmethod
-    def table_from(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> SolverTable:
+    def table_from(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> Table:
         """The table of ``params``, differentiable in them."""
 
-    def table(self, teacher, nfe: int) -> SolverTable:
+    def table(self, teacher, nfe: int) -> Table:
         if nfe < 1:
             raise GasbenchError(f"NFE must be at least 1, got {nfe}.")
         if self.params is None:
@@ -138,7 +155,9 @@ class LearnedSolver(Solver):
         else:
             params = self.params
         with torch.no_grad():
-            table = self.table_from(params, teacher, nfe)
+            table = self.table_from({k: v.detach() for k, v in params.items()}, teacher, nfe)
+        if isinstance(table, AdaptiveTable):  # rows chosen while sampling (DLMS)
+            return table
         return SolverTable(table.a.detach(), table.c.detach(), table.sigmas.detach(), table.sigma_final)
 
     # --- the objective -------------------------------------------------------------------------
@@ -172,8 +191,14 @@ class LearnedSolver(Solver):
                       batch: dict[str, torch.Tensor], generator: torch.Generator, iteration: int) -> float:
         """One optimiser update of ``params`` on ``batch`` (loss, NaN/inf stop, backward, gradient
         clipping, step); returns the loss. What :meth:`fit` runs each iteration and
-        `gasbench bench training` times."""
+        `gasbench bench training` times. With the relaxed objective (:meth:`start_radius` > 0) the
+        student starts from the batch's noise plus each pair's offset, and the offsets take a
+        projected step too; parameters outside :meth:`trainable` keep their values."""
         cfg = self.config
+        shift = None
+        if self.start_offsets is not None and "index" in batch:
+            shift = self.start_offsets[batch["index"]].clone().requires_grad_(True)
+            batch = {**batch, "noise": batch["noise"].to(shift.dtype) + shift}
         loss = self.training_loss(params, teacher, nfe, batch, generator, cfg["checkpointing"])
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -184,9 +209,32 @@ class LearnedSolver(Solver):
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg["grad_clip"])
+        trainable = self.trainable(iteration)
+        if trainable is not None:  # Adam and RMSprop leave parameters without a gradient as they are
+            for name, p in params.items():
+                if name not in trainable:
+                    p.grad = None
+        torch.nn.utils.clip_grad_norm_([p for p in params.values() if p.grad is not None], cfg["grad_clip"])
         optimizer.step()
+        if shift is not None and shift.grad is not None:
+            direction = shift.grad / shift.grad.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *[1] * (shift.dim() - 1))
+            moved = shift.detach() - RELAXED_STEP * self.radius * direction
+            self.start_offsets[batch["index"]] = project_to_ball(moved, self.radius)
         return value
+
+    def make_optimizer(self, params: dict[str, torch.Tensor]) -> torch.optim.Optimizer:
+        """The optimiser of a fit: Adam at ``lr`` (GAS Appendix D.4); LD3 uses RMSprop."""
+        return torch.optim.Adam(list(params.values()), lr=self.config["lr"])
+
+    def trainable(self, iteration: int) -> Optional[set[str]]:
+        """Names of the parameters iteration ``iteration`` updates; None: all of them (S4S-Alt
+        alternates between its coefficients and its time steps)."""
+        return None
+
+    def start_radius(self, teacher, nfe: int) -> float:
+        """Radius, in unit-noise L2 norm, of the ball the student's start point may move in during
+        training (the relaxed objective of LD3 and S4S Eq. 7); 0 for the exact objective."""
+        return 0.0
 
     def start_training(self, teacher, nfe: int) -> None:
         """Set up what a fit trains besides the solver's parameters (GAS: its discriminator)."""
@@ -229,9 +277,11 @@ class LearnedSolver(Solver):
         start_time = time.perf_counter()
         params = {k: v.detach().clone().requires_grad_(True) for k, v in self.parameters_for(teacher, nfe).items()}
         ema = {k: v.detach().clone() for k, v in params.items()}
-        optimizer = torch.optim.Adam(list(params.values()), lr=cfg["lr"])
+        optimizer = self.make_optimizer(params)
         generator = torch.Generator().manual_seed(cfg["seed"])
         self.start_training(teacher, nfe)
+        self.radius = float(self.start_radius(teacher, nfe))
+        self.start_offsets = torch.zeros(train["noise"].shape, dtype=torch.float64) if self.radius > 0 else None
         start, recent, initial_loss, elapsed = 0, [], None, 0.0
         identity = json.dumps(self._identity(teacher, nfe, budget=False), sort_keys=True)
         if checkpoint_path is not None and Path(checkpoint_path).is_file():
@@ -246,6 +296,8 @@ class LearnedSolver(Solver):
                     ema[k].copy_(state["ema"][k])
             optimizer.load_state_dict(state["optimizer"])
             self.load_training_state(state.get("auxiliary", {}))
+            if self.start_offsets is not None:
+                self.start_offsets.copy_(state["start_offsets"])
             generator.set_state(state["generator"])
             start, recent = state["iteration"], list(state["recent"])
             initial_loss, elapsed = state["initial_validation_loss"], state["elapsed_s"]
@@ -260,6 +312,7 @@ class LearnedSolver(Solver):
             torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "iteration": iteration,
                         "params": {k: v.detach() for k, v in params.items()}, "ema": ema,
                         "optimizer": optimizer.state_dict(), "auxiliary": self.training_state(),
+                        "start_offsets": self.start_offsets,
                         "generator": generator.get_state(), "recent": recent,
                         "initial_validation_loss": initial_loss,
                         "elapsed_s": elapsed + time.perf_counter() - start_time}, buffer)
@@ -277,7 +330,7 @@ class LearnedSolver(Solver):
             task = bar.add_task(f"[bold]fit {self.name} NFE {nfe}", total=cfg["iterations"], completed=start, loss=math.nan)
             for iteration in range(start, cfg["iterations"]):
                 index = torch.randint(size, (min(cfg["batch_size"], size),), generator=generator)
-                batch = {k: v[index] for k, v in train.items()}
+                batch = {**{k: v[index] for k, v in train.items()}, "index": index}
                 value = self.training_step(params, optimizer, teacher, nfe, batch, generator, iteration)
                 # EMA with the usual warm-up (torch_ema's num_updates, which the GAS code uses):
                 # decay min(ema, (1 + t) / (10 + t)) after t updates, so short CPU budgets still
