@@ -92,8 +92,8 @@ def run(
     total = time.perf_counter() - start
     err_console.print(f"{len(records)} cells recorded under {results_dir} in {total:.1f} s")
     if total > 0:
-        shares = ", ".join(f"{label} {seconds:.0f} s ({100 * seconds / total:.0f}%)"
-                           for label, seconds in sorted(timings.items(), key=lambda kv: -kv[1]) if seconds >= 0.5)
+        shares = ", ".join(f"{label} {seconds:.1f} s ({100 * seconds / total:.0f}%)"
+                           for label, seconds in sorted(timings.items(), key=lambda kv: -kv[1]))
         err_console.print(f"time per method: {shares}")
     console.print(render(results_dir, (config.metrics or [])[:1] or None, "markdown", teacher=records[0]["teacher"]["name"]))
 
@@ -124,7 +124,9 @@ def show(
     decimals: int = typer.Option(4, "--decimals", help="Digits after the point in the coefficient tables."),
 ):
     """A learned solver's saved state: configuration, training, time steps (learned vs initial) and
-    the Eq. 13 coefficient tables a (on previous points) and c (on denoiser outputs)."""
+    the Eq. 13 coefficient tables a (on previous points) and c (on denoiser outputs); for a solver
+    that picks them per sample while sampling (DLMS), their means over validation seeds."""
+    from gasbench.solvers.executor import AdaptiveTable
     from gasbench.solvers.learned import load_saved_solver
 
     solver, teacher, nfe = load_saved_solver(cell)
@@ -143,6 +145,10 @@ def show(
         steps.add_row(f"({name})", *(f"{float(v):.4g}" for v in initial[name]), style="dim")
     console.print(steps)
     table = solver.table(teacher, nfe)
+    if isinstance(table, AdaptiveTable):
+        console.print("coefficients and steps are chosen per sample while sampling (means above)")
+        console.print(f"output noise level: {table.sigma_final:.5g}")
+        return
     for name, matrix in (("a", table.a), ("c", table.c)):
         out = Table(title=escape(f"{name}[n, j] on x_j and D_j: row n makes x_(n+1)"), title_justify="left")
         out.add_column("n", justify="right")

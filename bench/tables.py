@@ -13,18 +13,26 @@ from gasbench.metrics import get_metric
 from gasbench.records import TEACHER_LABEL, iter_records
 
 FORMATS = ("markdown", "latex", "csv")
+# What a cell cost, recorded with it and tabled like a metric (lower is better): the learned
+# solver's fit and the sampling of every seed set, in seconds of wall time
+COSTS = {
+    "train_s": lambda record: (record.get("training") or {}).get("wall_time_s"),
+    "sample_s": lambda record: record.get("wall_time_s"),
+}
 
 
 def load_frame(results_dir: Path) -> pd.DataFrame:
     """One row per (teacher, method, NFE, metric) from every record under ``results_dir``, with
     the mean over seed sets and their std (NaN for a single seed set)."""
-    rows = [
-        {"teacher": r["teacher"]["name"], "method": r["method"], "nfe": r["nfe"], "metric": name, "value": value,
-         "std": r.get("metrics_std", {}).get(name, float("nan")),
-         "reference": f"{r['solver']['name']} NFE {r['nfe']}" if r["method"] == TEACHER_LABEL else None}
-        for r in iter_records(results_dir)
-        for name, value in r["metrics"].items()
-    ]
+    rows = []
+    for r in iter_records(results_dir):
+        base = {"teacher": r["teacher"]["name"], "method": r["method"], "nfe": r["nfe"],
+                "reference": f"{r['solver']['name']} NFE {r['nfe']}" if r["method"] == TEACHER_LABEL else None}
+        for name, value in r["metrics"].items():
+            rows.append({**base, "metric": name, "value": value, "std": r.get("metrics_std", {}).get(name, float("nan"))})
+        for name, cost in COSTS.items():
+            if cost(r) is not None:
+                rows.append({**base, "metric": name, "value": cost(r), "std": float("nan")})
     return pd.DataFrame(rows, columns=["teacher", "method", "nfe", "metric", "value", "std", "reference"])
 
 
@@ -100,7 +108,8 @@ def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "mark
     if fmt not in FORMATS:
         raise GasbenchError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}.")
     for name in metrics or []:
-        get_metric(name)
+        if name not in COSTS:
+            get_metric(name)
     frame = load_frame(results_dir)
     if frame.empty:
         raise GasbenchError(f"no results recorded under '{results_dir}'. Run `gasbench run` first.")
@@ -111,8 +120,8 @@ def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "mark
         if name not in set(frame.teacher):
             continue
         for metric in metrics or [_default_metric(frame, name)]:
-            spec = get_metric(metric)
-            arrow = "higher is better" if spec.higher_is_better else "lower is better"
+            higher_is_better = metric not in COSTS and get_metric(metric).higher_is_better
+            arrow = "higher is better" if higher_is_better else "lower is better"
             means, stds = leaderboard(frame, name, metric)
             if means.empty:
                 continue
@@ -120,10 +129,10 @@ def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "mark
                 merged = means.join(stds.add_suffix(" std"))
                 parts.append(merged.reset_index().assign(teacher=name, metric=metric).to_csv(index=False))
             elif fmt == "latex":
-                shown = _shown(means, stds, spec.higher_is_better, lambda s: f"\\textbf{{{s}}}")
+                shown = _shown(means, stds, higher_is_better, lambda s: f"\\textbf{{{s}}}")
                 parts.append(f"% {name}: {metric} ({arrow})\n" + shown.to_latex().replace("±", "$\\pm$"))
             else:
-                shown = _shown(means, stds, spec.higher_is_better, lambda s: f"**{s}**")
+                shown = _shown(means, stds, higher_is_better, lambda s: f"**{s}**")
                 parts.append(f"### {name}: {metric} ({arrow})\n\n" + shown.to_markdown())
     if not parts:
         wanted = ", ".join(metrics) if metrics else "any metric"

@@ -183,3 +183,18 @@ def test_corrupt_trajectory_shard_stops_the_run_before_any_record(tmp_path, monk
     code, _, err = gasbench(monkeypatch, capsys, *args, "--results-dir", tmp_path / "second")
     assert code == 2 and "is corrupt" in err and "delete it and rerun" in err and "Traceback" not in err
     assert not list((tmp_path / "second").glob("**/metrics.json"))
+
+
+def test_run_prints_each_methods_time_share_and_table_shows_costs(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "r"
+    code, out, err = gasbench(monkeypatch, capsys, "run", "-d", "gmm", "-m", "euler,ld3", "--nfe", "3", "-n", "16",
+                              "--solver-arg", "iterations=3", "--results-dir", results)
+    assert code == 0, err
+    share = next(line for line in err.splitlines() if line.startswith("time per method:"))
+    assert "ld3" in share and "euler" in share and "%" in share
+    code, out, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", results, "--metric", "train_s,sample_s")
+    record = json.loads((results / "gmm" / "ld3+iterations=3" / "nfe3" / "metrics.json").read_text())
+    assert code == 0 and "### gmm: train_s (lower is better)" in out and "### gmm: sample_s" in out
+    train_rows = out.split("### gmm: sample_s")[0]
+    assert "| ld3+iterations=3" in train_rows and "euler" not in train_rows  # handcrafted cells have no training
+    assert f"{record['training']['wall_time_s']:.4g}" in train_rows
