@@ -37,7 +37,7 @@ from gasbench.records import (
 )
 from gasbench.registry import SOLVERS, TEACHERS
 from gasbench.sampling import sample_seeds
-from gasbench.solvers.executor import ExecutionStats, SolverTable
+from gasbench.solvers.executor import ExecutionStats, Table
 from gasbench.trajectories import SPLIT_STARTS, TrajectoryCache
 
 GRID_SIZE = 64
@@ -69,7 +69,7 @@ class Cell:
     label: str
     solver: Any
     nfe: int
-    table: SolverTable
+    table: Table  # a SolverTable, or an AdaptiveTable (rows chosen per sample while sampling)
 
 
 def method_label(name: str, options: dict[str, Any]) -> str:
@@ -270,7 +270,7 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
     return record
 
 
-def prepare_learned(teacher, cell: Cell, out_dir: Path, progress: Progress) -> SolverTable:
+def prepare_learned(teacher, cell: Cell, out_dir: Path, progress: Progress) -> Table:
     """The table of a learned cell: its saved state when one matches its configuration, else a
     fit on the teacher's train / validation trajectories (checkpointed in ``out_dir``, so an
     interrupted fit resumes), saved next to the record."""

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import torch
 
-from gasbench.solvers.executor import ExecutionStats, SolverTable, execute
+from gasbench.solvers.executor import ExecutionStats, Table, execute
 
 
 def noise_and_conditions(teacher, seeds: list[int]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -23,7 +23,7 @@ def noise_and_conditions(teacher, seeds: list[int]) -> tuple[torch.Tensor, Optio
 @torch.no_grad()
 def sample_seeds(
     teacher,
-    table: SolverTable,
+    table: Table,
     seeds: list[int],
     batch_size: int,
     stats: Optional[ExecutionStats] = None,

@@ -11,13 +11,21 @@ Learned solvers build or correct the table directly. :func:`execute` applies a t
 denoiser, counts the evaluations it makes and, on request, times denoiser and solver arithmetic
 separately. Coefficients may be tensors that require grad, so a table is differentiable in its
 time steps and coefficients.
+
+An :class:`AdaptiveTable` is Eq. 13 whose rows are chosen while sampling, per sample (DLMS: a
+designer network reads each evaluation's bottleneck feature and picks the next coefficients, time
+step and time scale): its coefficients and evaluation sigmas may be (B,) tensors, broadcast over
+the sample dimensions, and an evaluation point may be analytical (D = 0 without a network call,
+DLMS's analytical first step). The executor still makes every denoiser call, counts and times
+them and forms every weighted sum; the table only supplies the numbers.
 """
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -150,8 +158,109 @@ def _weighted_sum(weights, vectors: list[torch.Tensor], skip_zeros: bool) -> tor
     return out
 
 
+class AdaptiveRun(ABC):
+    """One solve of an :class:`AdaptiveTable` from one batch: the per-sample state of that solve."""
+
+    @abstractmethod
+    def sigma(self, n: int) -> Optional[torch.Tensor]:
+        """Noise level, () or (B,), at which evaluation point x_n is fed to the denoiser; None for
+        an analytical point (D_n = 0 and no features, without calling the denoiser)."""
+
+    @abstractmethod
+    def row(self, n: int, denoised: list[torch.Tensor], features: Optional[torch.Tensor]
+            ) -> tuple[Sequence[Scalar], Sequence[Scalar]]:
+        """Row n of Eq. 13: the weights on x_0..x_n and on D_0..D_n that make x_{n+1}, each a
+        Python float, a 0-d or a (B,) tensor, given the outputs so far and the (B, F) features of
+        evaluation n (None unless :attr:`AdaptiveTable.features`, or for an analytical point)."""
+
+
+class AdaptiveTable(ABC):
+    """An Eq. 13 table whose rows are computed during sampling (see the module docstring).
+
+    ``points`` evaluation points, of which ``nfe`` call the denoiser; ``features``: whether rows
+    read the per-sample features of each evaluation (then the denoiser must have
+    ``with_features(x, sigma) -> (D, h)``, as :meth:`gasbench.teachers.base.Teacher.denoiser` has).
+    """
+
+    nfe: int
+    points: int
+    sigma_final: Scalar
+    features: bool = False
+
+    @abstractmethod
+    def start(self, x_T: torch.Tensor) -> AdaptiveRun:
+        """A fresh run for the batch ``x_T``; the table itself holds no per-solve state."""
+
+
+class PerSampleTable(AdaptiveTable, AdaptiveRun):
+    """A table fixed before sampling but different per sample: a, c (B, M, M), sigmas (B, M),
+    sigma_final (B,)."""
+
+    def __init__(self, a: torch.Tensor, c: torch.Tensor, sigmas: torch.Tensor, sigma_final: torch.Tensor):
+        self.a, self.c, self.sigmas, self.sigma_final = a, c, sigmas, sigma_final
+        self.nfe = self.points = int(sigmas.shape[1])
+
+    def start(self, x_T: torch.Tensor) -> AdaptiveRun:
+        return self  # nothing changes during a solve
+
+    def sigma(self, n: int) -> torch.Tensor:
+        return self.sigmas[:, n]
+
+    def row(self, n, denoised, features):
+        return self.a[:, n, : n + 1].unbind(1), self.c[:, n, : n + 1].unbind(1)
+
+
+Table = Union[SolverTable, AdaptiveTable]
+
+
+def _per_sample_sum(weights: Sequence[Scalar], vectors: list[torch.Tensor]) -> torch.Tensor:
+    """sum_j w_j v_j with (B,) weights broadcast over each sample; Python zeros are skipped."""
+    out: Optional[torch.Tensor] = None
+    for w, v in zip(weights, vectors):
+        if not isinstance(w, torch.Tensor):
+            if w == 0:
+                continue
+        elif w.dim() == 1:
+            w = w.to(v.dtype).view(-1, *[1] * (v.dim() - 1))
+        out = w * v if out is None else out + w * v
+    return torch.zeros_like(vectors[0]) if out is None else out
+
+
+def _execute_adaptive(table: AdaptiveTable, denoiser, x_T, stats: ExecutionStats, callback):
+    if table.features and not hasattr(denoiser, "with_features"):
+        raise TypeError("this adaptive table reads features: pass a denoiser with with_features(x, sigma), "
+                        "such as teacher.denoiser(cond)")
+    start = time.perf_counter()
+    run = table.start(x_T)
+    xs, ds, calls = [x_T], [], 0
+    for n in range(table.points):
+        sigma, features = run.sigma(n), None
+        if sigma is None:  # analytical point: no network call
+            d = torch.zeros_like(xs[n])
+        else:
+            t0 = time.perf_counter()
+            if table.features:
+                d, features = denoiser.with_features(xs[n], sigma)
+            else:
+                d = denoiser(xs[n], sigma)
+            stats.denoiser_seconds += time.perf_counter() - t0
+            stats.nfe += 1
+            calls += 1
+        ds.append(d)
+        a_row, c_row = run.row(n, ds, features)
+        if len(a_row) != n + 1 or len(c_row) != n + 1:
+            raise ValueError(f"row {n} of an adaptive table must weigh x_0..x_{n} and D_0..D_{n}")
+        xs.append(_per_sample_sum(list(a_row) + list(c_row), xs + ds))
+        if callback is not None:
+            callback({"i": n, "x": xs[n], "sigma": sigma, "denoised": d, "a": a_row, "c": c_row})
+    if calls != table.nfe:
+        raise ValueError(f"an adaptive table declared {table.nfe} evaluations but made {calls}")
+    stats.total_seconds += time.perf_counter() - start
+    return xs
+
+
 def execute(
-    table: SolverTable,
+    table: Table,
     denoiser: Denoiser,
     x_T: torch.Tensor,
     *,
@@ -163,9 +272,13 @@ def execute(
 
     ``denoiser(x, sigma)`` returns the x_0 estimate; the count of its calls is the NFE and is
     checked against the table. Zero coefficients are skipped unless the table is being trained,
-    so the handcrafted solvers cost no more than their usual update.
+    so the handcrafted solvers cost no more than their usual update. An :class:`AdaptiveTable`
+    is run row by row as it chooses them; its callback payload also holds the row (``a``, ``c``).
     """
     stats = stats if stats is not None else ExecutionStats()
+    if isinstance(table, AdaptiveTable):
+        xs = _execute_adaptive(table, denoiser, x_T, stats, callback)
+        return (xs[-1], xs) if return_trajectory else xs[-1]
     differentiable = table.a.requires_grad or table.c.requires_grad
     a = table.a.to(x_T.dtype)
     c = table.c.to(x_T.dtype)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -66,17 +66,34 @@ class Teacher(ABC):
     # feature space of the domain FD and precision/recall (gasbench.features); None: Inception only
     domain_space: Optional[str] = None
 
+    # length of the per-sample feature vector of :meth:`denoise_with_features`
+    feature_dim: int = 4
+
     @abstractmethod
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
-        """The x_0 estimate D(x, sigma, cond); x has shape (B, *shape), sigma is a scalar tensor."""
+        """The x_0 estimate D(x, sigma, cond); x has shape (B, *shape), sigma is a scalar tensor
+        or, for solvers that choose their steps per sample (DLMS), of shape (B,)."""
 
-    def denoiser(self, cond: Optional[torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def denoise_with_features(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """D(x, sigma, cond) and a (B, :attr:`feature_dim`) feature vector of the same evaluation,
+        without another network call (what DLMS's designer network reads).
+
+        Network teachers return their bottleneck. This default, for teachers without one (the
+        analytic ones), is a substitute computed from the evaluation itself: the per-sample mean
+        and standard deviation of D and of the network-scaled input x / sqrt(sigma^2 + sigma_data^2),
+        all of order one at every noise level.
+        """
+        denoised = self.denoise(x, sigma, cond)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
+        scaled = x.to(torch.float64).flatten(1) / (sigma**2 + self.sigma_data**2).sqrt()
+        flat = denoised.to(torch.float64).flatten(1)
+        features = torch.stack([flat.mean(1), flat.std(1), scaled.mean(1), scaled.std(1)], dim=1)
+        return denoised, features
+
+    def denoiser(self, cond: Optional[torch.Tensor]) -> "BoundDenoiser":
         """D(x, sigma) with the condition bound, in the caller's dtype (what the executor calls)."""
-
-        def call(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return self.denoise(x, sigma, cond).to(x.dtype)
-
-        return call
+        return BoundDenoiser(self, cond)
 
     def conditions(self, generators: list[torch.Generator]) -> Optional[torch.Tensor]:
         """One condition per sample, drawn from that sample's own generator (after its noise).
@@ -108,3 +125,18 @@ class Teacher(ABC):
             "weights_sha256": self.weights_sha256,
             "reference": self.reference.to_dict(),
         }
+
+
+class BoundDenoiser:
+    """A teacher's denoiser with its condition bound: ``D(x, sigma)``, and
+    ``with_features(x, sigma) -> (D, features)`` for adaptive tables; outputs in x's dtype."""
+
+    def __init__(self, teacher: Teacher, cond: Optional[torch.Tensor]):
+        self.teacher, self.cond = teacher, cond
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.teacher.denoise(x, sigma, self.cond).to(x.dtype)
+
+    def with_features(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        denoised, features = self.teacher.denoise_with_features(x, sigma, self.cond)
+        return denoised.to(x.dtype), features

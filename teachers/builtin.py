@@ -20,15 +20,22 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 class NetworkTeacher(Teacher):
-    """A teacher backed by an EDM-preconditioned network ``net(x, sigma, class_labels)``."""
+    """A teacher backed by an EDM-preconditioned network ``net(x, sigma, class_labels)`` that also
+    returns its pooled bottleneck with ``bottleneck=True`` (:class:`~gasbench.teachers.networks.EDMPrecond`)."""
 
     def __init__(self, net: torch.nn.Module, weights_sha256: Optional[str] = None):
         self.net = net.eval().requires_grad_(False)
         self.weights_sha256 = weights_sha256
+        self.feature_dim = net.model.bottleneck_channels
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
         # sigma is rounded to float32, the precision the network was trained at
         return self.net(x, torch.as_tensor(sigma, dtype=torch.float32), cond)
+
+    def denoise_with_features(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """D and the UNet's bottleneck (middle-block output, mean-pooled over space) of one pass."""
+        return self.net(x, torch.as_tensor(sigma, dtype=torch.float32), cond, bottleneck=True)
 
 
 class BuiltinTeacher(NetworkTeacher):

@@ -239,10 +239,17 @@ class SmallUNet(nn.Module):
             one_hot = F.one_hot(class_labels.long(), self.config.num_classes).to(torch.float32)
         return self.emb_mlp(emb + self.class_proj(one_hot.to(emb.device)))
 
+    @property
+    def bottleneck_channels(self) -> int:
+        """Channels of the middle block's output (the bottleneck feature's length)."""
+        return self.config.model_channels * self.config.channel_mult[-1]
+
     def forward(
-        self, x: torch.Tensor, c_noise: torch.Tensor, class_labels: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """F(x, c_noise, labels) for x of shape (B, C, H, W) and c_noise of shape (B,)."""
+        self, x: torch.Tensor, c_noise: torch.Tensor, class_labels: Optional[torch.Tensor] = None,
+        bottleneck: bool = False,
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """F(x, c_noise, labels) for x of shape (B, C, H, W) and c_noise of shape (B,); with
+        ``bottleneck``, also the middle block's output mean-pooled over space, (B, channels)."""
         emb = self.embed(c_noise, class_labels)
         h = self.conv_in(x)
         skips = [h]
@@ -251,12 +258,14 @@ class SmallUNet(nn.Module):
             skips.append(h)
         for block in self.middle:
             h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+        pooled = h.mean(dim=(2, 3)) if bottleneck else None
         for block in self.decoder:
             if isinstance(block, Upsample):
                 h = block(h, skips[-1].shape[-2:])
             else:
                 h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return (out, pooled) if bottleneck else out
 
 
 class EDMPrecond(nn.Module):
@@ -277,8 +286,10 @@ class EDMPrecond(nn.Module):
         x: torch.Tensor,
         sigma: Union[float, torch.Tensor],
         class_labels: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """D(x, sigma, labels), an estimate of x_0, in ``x``'s dtype.
+        bottleneck: bool = False,
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """D(x, sigma, labels), an estimate of x_0, in ``x``'s dtype; with ``bottleneck``, also
+        the UNet's spatially mean-pooled bottleneck (B, channels) of the same pass, in float32.
 
         ``sigma`` is a Python float, a 0-d tensor or a (B,) tensor. The network runs in float32;
         the preconditioning and the skip term use float64 when ``x`` is float64, so D -> x as
@@ -297,9 +308,11 @@ class EDMPrecond(nn.Module):
         c_noise = sigma.log() / 4.0
         x_outer = x.to(outer_dtype)
         net_out = self.model(
-            (c_in * x_outer).to(torch.float32), c_noise.to(torch.float32), class_labels
+            (c_in * x_outer).to(torch.float32), c_noise.to(torch.float32), class_labels, bottleneck
         )
-        return (c_skip * x_outer + c_out * net_out.to(outer_dtype)).to(x.dtype)
+        net_out, features = net_out if bottleneck else (net_out, None)
+        denoised = (c_skip * x_outer + c_out * net_out.to(outer_dtype)).to(x.dtype)
+        return (denoised, features) if bottleneck else denoised
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -1,0 +1,345 @@
+"""DLMS. Liang, Fang, Chen & Wang (2025), "Linear multistep solver distillation for fast sampling
+of diffusion models", Sec. 3.1-3.3, Eq. 8-10, Algorithms 1-2, Appendix B.
+
+Sampling (Algorithm 2) in EDM sigma space (alpha = 1, sigma_t = t): after each evaluation
+D_{n-1} = D(x_{n-1}, s_{n-1} sigma_{n-1}), the designer network g_phi reads its bottleneck feature
+h_{n-1}, its time and the step index, and gives *per sample* the coefficients, the next time step
+and the next time scale of a data-prediction multistep update:
+
+    D_n = sum_{k=1}^{m} a_k D_{n-k},  sum_k a_k = 1,                                 (Eq. 8)
+    x_n = sigma_n / sigma_{n-1} x_{n-1} + (1 - sigma_n / sigma_{n-1}) D_n,             (Eq. 9)
+
+of order m = min(p, evaluations so far) (p: option ``order``). Rows depend on the sample, so the
+solver is an :class:`~gasbench.solvers.executor.AdaptiveTable` run by the shared executor.
+
+g_phi (Fig. 2) is a two-layer MLP on [h, t, one-hot step index] -> SiLU -> ``hidden`` units ->
+p + 1 outputs: a_2..a_p (a_1 = 1 - the others, so the sum is one exactly), the next time and the
+log time scale. Its output biases are per step, and the last layer's weights start at zero, so the
+untrained solver is exactly its initialisation (Sec. 3.3, "high-order initialisation"): PLMS, i.e.
+the Adams-Bashforth weights with warm-up orders applied to the data predictions, on the
+``schedule`` (time-uniform, as the paper), with time scales 1. Times live in the teacher's
+diffusion time t (``teacher.time``, where the time-uniform schedule is defined; sigma = sigma(t)):
+each step keeps a portion in [eps, 1 - eps] of the remaining time, t_n = delta + (t_{n-1} - delta)
+* portion, so per-sample schedules stay strictly decreasing and never collapse; the last step
+always ends at delta = t(sigma_min). With the built-in UNets h is the middle block's output,
+mean-pooled (2.4k-2.7k designer parameters on digits at NFE 4-10; the paper's ~9k suit
+CIFAR-10's wider bottleneck); analytic teachers give a substitute (:meth:`Teacher.denoise_with_features`).
+
+Analytical first step (AFS, Sec. 3.3, option ``afs``, default on as the paper's main results): x_T
+is a virtual step with D_0 = 0 and h_0 = 0, no network call, so NFE evaluations make NFE + 1
+steps and the first evaluation time t_1 and scale s_1 are learned. As in Algorithm 1, the zero
+output enters the buffer Q like any other (PLMS's warm-up extrapolates from it; on digits,
+whose mean is far from zero, leaving it out trained worse at NFE 4 and 10).
+
+Training (Algorithm 1): student and teacher start from the batch's train noise; the teacher Phi_t
+is DPM-Solver++(2M) with ``interpolation_steps`` M intermediate steps, uniform in log sigma,
+between the student's consecutive per-sample times, run without gradient. For n = 2..N the
+student's x_{n-1} is recomputed from the detached x_{n-2} with the live t_{n-1}, s_{n-1} and
+coefficients, evaluated, and stepped to x_n with t_n stopped; the loss d(x_n^S, x_n^T) is
+backpropagated at once, then the buffer Q, x_{n-1} and t_{n-1} are detached, so memory does not
+grow with NFE. One gradient clip and Adam step per batch (lr 5e-3, as the paper); the shared fit
+loop keeps the EMA. d is the squared distance; at the final step the paper uses an Inception
+distance for pixel teachers, unaffordable on a CPU, so there it is the ``loss`` option (L2 by
+default), which is also the validation loss against the cached reference solutions, as for every
+learned solver. The feature h enters g_phi without gradient (an input, not a path to the network).
+
+Paper defaults: order p = 4 and M = 4 for pixel teachers (Appendix B, EDM); p = 3 and M = 1 for
+latent ones (LSUN-Bedroom); p = 2 and M = 1 for text-to-image (Stable Diffusion). The CPU budget
+of the built-in teachers is in :class:`DLMSSolver`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from gasbench.errors import GasbenchError
+from gasbench.registry import register_solver
+from gasbench.solvers.executor import AdaptiveRun, AdaptiveTable, PerSampleTable, execute
+from gasbench.solvers.handcrafted import ADAMS_BASHFORTH
+from gasbench.solvers.learned import LOSSES, TRAINING_OPTIONS, LearnedSolver, distillation_loss
+from gasbench.solvers.schedules import make_sigmas
+
+PORTION_EPS = 1e-5  # each step keeps a portion in [eps, 1 - eps] of the time left
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *[1] * (like.dim() - 1))
+
+
+@dataclass
+class Designer:
+    """g_phi with what turns its outputs into a step: per point n, (a, t_next, s_next)."""
+
+    params: dict[str, torch.Tensor]
+    teacher: object
+    points: int  # evaluation points = steps (NFE, plus the analytical first step)
+    order: int
+    afs: bool
+
+    @property
+    def t_max(self) -> float:
+        return self.teacher.time.t(self.teacher.sigma_max)
+
+    @property
+    def delta(self) -> float:
+        return self.teacher.time.t(self.teacher.sigma_min)
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return self.teacher.time.sigma(t)
+
+    def history(self, n: int) -> int:
+        """Order m of the update after point n: the outputs available, up to p (warm-up)."""
+        return min(self.order, n + 1)
+
+    def __call__(self, n: int, features: torch.Tensor, t: torch.Tensor):
+        """g_phi(h_n, t_n, n): coefficients (B, m) summing to one, t_{n+1} (B,), s_{n+1} (B,)."""
+        p = self.params
+        step = features.new_zeros(len(features), self.points)
+        step[:, n] = 1.0
+        hidden = F.silu(torch.cat([features, t[:, None], step], dim=1) @ p["w1"] + p["b1"])
+        out = hidden @ p["w2"] + p["b2"][n]
+        m = self.history(n)
+        rest = out[:, : max(m - 1, 0)]
+        a = torch.cat([1 - rest.sum(1, keepdim=True), rest], dim=1) if m > 0 else out[:, :0]
+        if n == self.points - 1:  # the last step ends at delta
+            t_next = torch.full_like(t, self.delta)
+        else:
+            portion = torch.sigmoid(out[:, -2]) * (1 - 2 * PORTION_EPS) + PORTION_EPS
+            t_next = self.delta + (t - self.delta) * portion
+        return a, t_next, out[:, -1].exp()
+
+
+def multistep(x: torch.Tensor, sigma, sigma_next, a: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
+    """Eq. 8-9 with per-sample sigma, sigma_next (B,) and a (B, m) on the newest m outputs."""
+    r = _per_sample(sigma_next / sigma, x)
+    out = r * x
+    if a.shape[1]:
+        combined = sum(_per_sample(a[:, k], x) * history[-1 - k] for k in range(a.shape[1]))
+        out = out + (1 - r) * combined
+    return out
+
+
+class DLMSTable(AdaptiveTable):
+    """Algorithm 2 as an adaptive Eq. 13 table: g_phi picks each row from the evaluation's feature."""
+
+    features = True
+
+    def __init__(self, designer: Designer):
+        self.designer = designer
+        self.points, self.nfe = designer.points, designer.points - int(designer.afs)
+        self.sigma_final = float(designer.teacher.sigma_min)
+
+    def start(self, x_T: torch.Tensor) -> AdaptiveRun:
+        return _DLMSRun(self.designer, len(x_T))
+
+
+class _DLMSRun(AdaptiveRun):
+    """One batch's solve: the per-sample times t_n and time scales s_n chosen so far."""
+
+    def __init__(self, designer: Designer, batch: int):
+        self.designer = designer
+        self.t = [torch.full((batch,), designer.t_max, dtype=torch.float64)]
+        self.scale = [torch.ones(batch, dtype=torch.float64)]
+
+    def sigma(self, n: int):
+        if n == 0 and self.designer.afs:
+            return None
+        return self.scale[n] * self.designer.sigma(self.t[n])
+
+    def row(self, n, denoised, features):
+        d = self.designer
+        t = self.t[n]
+        h = t.new_zeros(len(t), d.teacher.feature_dim) if features is None else features.to(torch.float64)
+        a, t_next, s_next = d(n, h, t)
+        self.t.append(t_next)
+        self.scale.append(s_next)
+        r = d.sigma(t_next) / d.sigma(t)
+        c = [0.0] * (n + 1)
+        for k in range(a.shape[1]):
+            c[n - k] = (1 - r) * a[:, k]
+        return [0.0] * n + [r], c
+
+
+def dpmpp2m_interval(sigma_from: torch.Tensor, sigma_to: torch.Tensor, steps: int) -> PerSampleTable:
+    """Phi_t: DPM-Solver++(2M) (Lu et al., 2022b, arXiv:2211.01095, Alg. 2) from sigma_from to
+    sigma_to (B,) in ``steps`` + 1 sub-steps uniform in log sigma, per sample; first order first."""
+    k = steps + 1
+    u = torch.linspace(0.0, 1.0, k + 1, dtype=torch.float64)
+    sig = torch.exp(sigma_from.log()[:, None] * (1 - u) + sigma_to.log()[:, None] * u)
+    h = torch.log(sig[:, :-1] / sig[:, 1:])
+    phi_1 = torch.expm1(-h)
+    a = sig.new_zeros(len(sig), k, k)
+    c = torch.zeros_like(a)
+    j = torch.arange(k)
+    a[:, j, j] = sig[:, 1:] / sig[:, :-1]
+    c[:, j, j] = -phi_1
+    if k > 1:  # second order from the second sub-step: D1 = (D_j - D_{j-1}) / r0
+        r0 = h[:, :-1] / h[:, 1:]
+        c[:, j[1:], j[1:]] = -phi_1[:, 1:] * (1 + 0.5 / r0)
+        c[:, j[1:], j[1:] - 1] = 0.5 * phi_1[:, 1:] / r0
+    return PerSampleTable(a, c, sig[:, :-1], sigma_final=sig[:, -1])
+
+
+@register_solver("dlms", description="DLMS (Liang et al.): per-sample learned multistep coefficients, steps and time scales")
+class DLMSSolver(LearnedSolver):
+    """DLMS; see the module docstring.
+
+    CPU budget for the built-in teachers: 60 iterations at batch 20 (the paper distils on 20k
+    trajectories) drawn from 700 train pairs, of which only the noise is used (the teacher solver
+    runs online). An iteration costs about (NFE + 1)(M + 1) teacher and NFE student evaluations
+    with their backward passes: on digits about 0.5 s at NFE 4 and 1.5 s at NFE 10 on one core.
+    """
+
+    name = "dlms"
+    options = {
+        "schedule": "time-uniform",
+        "order": 4,
+        "afs": True,
+        "interpolation_steps": 4,
+        "hidden": 32,
+        **{k: v for k, v in TRAINING_OPTIONS.items() if k != "checkpointing"},
+        "iterations": 60,
+        "batch_size": 20,
+        "lr": 5e-3,
+        "loss": "l2",
+        "train_size": 700,
+    }
+    choices = {"order": tuple(ADAMS_BASHFORTH), "loss": LOSSES}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if self.config["interpolation_steps"] < 0:
+            raise GasbenchError(f"solver 'dlms' needs interpolation_steps >= 0, got {self.config['interpolation_steps']}.")
+        if self.config["hidden"] < 1:
+            raise GasbenchError(f"solver 'dlms' needs hidden >= 1 designer units, got {self.config['hidden']}.")
+
+    def _points(self, nfe: int) -> int:
+        if nfe < 1:
+            raise GasbenchError(f"NFE must be at least 1, got {nfe}.")
+        return nfe + int(self.config["afs"])
+
+    def parameters_for(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
+        cfg, points = self.config, self._points(nfe)
+        sigmas = make_sigmas(cfg["schedule"], points, teacher)
+        t = torch.tensor([teacher.time.t(float(s)) for s in sigmas], dtype=torch.float64)
+        t_max, delta = teacher.time.t(teacher.sigma_max), teacher.time.t(teacher.sigma_min)
+        t[0], t[-1] = t_max, delta
+        portions = (t[1:-1] - delta) / (t[:-2] - delta)
+        if not bool(((portions > PORTION_EPS) & (portions < 1 - PORTION_EPS)).all()):
+            raise GasbenchError(f"schedule '{cfg['schedule']}' does not give {points} strictly decreasing steps for DLMS.")
+        inputs, out = teacher.feature_dim + 1 + points, cfg["order"] + 1
+        bound = 1 / math.sqrt(inputs)  # torch.nn.Linear's default initialisation
+        generator = torch.Generator().manual_seed(cfg["seed"])
+        uniform = lambda *shape: (torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound  # noqa: E731
+        b2 = torch.zeros(points, out, dtype=torch.float64)
+        designer = Designer({}, teacher, points, cfg["order"], cfg["afs"])
+        for n in range(points):
+            m = designer.history(n)
+            if m > 1:  # PLMS: Adams-Bashforth weights of the warm-up order on D_n, D_{n-1}, ...
+                b2[n, : m - 1] = torch.tensor(ADAMS_BASHFORTH[m][1:], dtype=torch.float64)
+            if n < points - 1:
+                b2[n, -2] = torch.logit((portions[n] - PORTION_EPS) / (1 - 2 * PORTION_EPS))
+        return {"w1": uniform(inputs, cfg["hidden"]), "b1": uniform(cfg["hidden"]),
+                "w2": torch.zeros(cfg["hidden"], out, dtype=torch.float64), "b2": b2}
+
+    def designer(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> Designer:
+        return Designer(params, teacher, self._points(nfe), self.config["order"], self.config["afs"])
+
+    def table_from(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> DLMSTable:
+        return DLMSTable(self.designer(params, teacher, nfe))
+
+    # --- Algorithm 1 -----------------------------------------------------------------------------
+
+    def distillation_steps(self, params, teacher, nfe: int, batch: dict[str, torch.Tensor]
+                           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Algorithm 1 on one batch: yields, for n = 2..N, the loss L_n (to backpropagate before
+        the next one is computed) and the student's x_n it compares with the teacher's."""
+        d = self.designer(params, teacher, nfe)
+        denoiser = teacher.denoiser(batch.get("cond"))
+        x_prev = x_teacher = batch["noise"].to(torch.float64) * teacher.sigma_max
+        t_prev = torch.full((len(x_prev),), d.t_max, dtype=torch.float64)
+        history = []  # the buffer Q of outputs, detached
+        if self.config["afs"]:
+            history, h_prev = [torch.zeros_like(x_prev)], x_prev.new_zeros(len(x_prev), teacher.feature_dim)
+        else:
+            with torch.no_grad():
+                d0, h_prev = denoiser.with_features(x_prev, d.sigma(t_prev))
+            history, h_prev = [d0], h_prev.to(torch.float64)
+        teacher_step = lambda x, s_from, s_to: execute(  # noqa: E731
+            dpmpp2m_interval(s_from, s_to, self.config["interpolation_steps"]), denoiser, x)
+        for n in range(2, d.points + 1):
+            # lines 7-10: x_{n-1} from the detached x_{n-2} with live t_{n-1}, s_{n-1}, coefficients
+            a, t_cur, s_cur = d(n - 2, h_prev, t_prev)
+            x_cur = multistep(x_prev, d.sigma(t_prev), d.sigma(t_cur), a, history)
+            d_cur, h_cur = denoiser.with_features(x_cur, s_cur * d.sigma(t_cur))
+            h_cur = h_cur.detach().to(torch.float64)
+            # lines 11-14: x_n with t_n stopped
+            a, t_next, _ = d(n - 1, h_cur, t_cur)
+            t_next = t_next.detach()
+            x_next = multistep(x_cur, d.sigma(t_cur), d.sigma(t_next), a, history + [d_cur])
+            with torch.no_grad():  # lines 15-18: the teacher's ground truth
+                if n == 2:
+                    x_teacher = teacher_step(x_teacher, d.sigma(t_prev), d.sigma(t_cur.detach()))
+                x_teacher = teacher_step(x_teacher, d.sigma(t_cur.detach()), d.sigma(t_next))
+            name = self.config["loss"] if n == d.points else "l2"
+            yield distillation_loss(name, x_next, x_teacher, teacher), x_next
+            # line 21: stop the gradients of the buffer and of t_{n-1}
+            history = history + [d_cur.detach()]
+            x_prev, t_prev, h_prev = x_cur.detach(), t_cur.detach(), h_cur
+
+    def training_step(self, params, optimizer, teacher, nfe: int, batch: dict[str, torch.Tensor],
+                      generator: torch.Generator, iteration: int) -> float:
+        """Algorithm 1: backpropagate each step's loss as it comes, then one clipped Adam step;
+        returns the sum of the step losses."""
+        if self._points(nfe) < 2:
+            raise GasbenchError("DLMS without AFS has nothing to learn at NFE 1 (one fixed Euler step); use afs=true or NFE >= 2.")
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for n, (loss, _) in enumerate(self.distillation_steps(params, teacher, nfe, batch), start=2):
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise GasbenchError(
+                    f"dlms training loss became {value} at iteration {iteration + 1}, step {n} (NFE {nfe}); lower the "
+                    f"learning rate (--solver-arg lr=..., now {self.config['lr']}); a checkpoint, if any, holds the last good state."
+                )
+            loss.backward()
+            total += value
+        torch.nn.utils.clip_grad_norm_(list(params.values()), self.config["grad_clip"])
+        optimizer.step()
+        return total
+
+    # --- gasbench show ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def steps(self, params: dict[str, torch.Tensor], teacher, nfe: int, samples: int = 64) -> dict[str, torch.Tensor]:
+        """Per evaluation, means over the first ``samples`` validation seeds: the integration
+        sigma_n, the time scale s_n, the evaluation sigma s_n sigma_n, its spread over samples
+        (std), and the coefficients a_k of the update that follows."""
+        from gasbench.sampling import noise_and_conditions
+        from gasbench.trajectories import SPLIT_STARTS
+
+        noise, cond = noise_and_conditions(teacher, list(range(SPLIT_STARTS["validation"], SPLIT_STARTS["validation"] + samples)))
+        table = self.table_from(params, teacher, nfe)
+        rows = []
+        execute(table, teacher.denoiser(cond), noise * teacher.sigma_max, callback=rows.append)
+        sigma = torch.full((samples,), float(teacher.time.sigma(torch.tensor(table.designer.t_max, dtype=torch.float64))),
+                           dtype=torch.float64)
+        out = {"sigma_n": [], "time scale s_n": [], "evaluation sigma": [], "evaluation sigma std": []}
+        out.update({f"a_{k}": [] for k in range(1, self.config["order"] + 1)})
+        for row in rows:
+            n, r = row["i"], row["a"][row["i"]]
+            if row["sigma"] is not None:
+                out["sigma_n"].append(sigma.mean())
+                out["time scale s_n"].append((row["sigma"] / sigma).mean())
+                out["evaluation sigma"].append(row["sigma"].mean())
+                out["evaluation sigma std"].append(row["sigma"].std())
+                for k in range(1, self.config["order"] + 1):
+                    c = row["c"][n + 1 - k] if n + 1 - k >= 0 else 0.0
+                    out[f"a_{k}"].append((c / (1 - r)).mean() if isinstance(c, torch.Tensor) else torch.tensor(math.nan))
+            sigma = sigma * r
+        return {k: torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]) for k, values in out.items()}
