@@ -210,6 +210,7 @@ class DLMSSolver(LearnedSolver):
         "train_size": 700,
     }
     choices = {"order": tuple(ADAMS_BASHFORTH), "loss": LOSSES}
+    validation_size = 200  # S4S's: the same 700 + 200 teacher pairs serve both
 
     def __init__(self, **options):
         super().__init__(**options)
