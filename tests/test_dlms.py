@@ -11,7 +11,7 @@ from gasbench.errors import GasbenchError
 from gasbench.registry import SOLVERS
 from gasbench.sampling import sample_seeds
 from gasbench.solvers.dlms import dpmpp2m_interval
-from gasbench.solvers.executor import AdaptiveTable, ExecutionStats, PerSampleTable, execute, trace
+from gasbench.solvers.executor import AdaptiveTable, ExecutionStats, execute, trace
 from gasbench.solvers.handcrafted import dpmpp_2m
 
 FAST = {"iterations": 30, "batch_size": 12, "lr": 1e-2}
