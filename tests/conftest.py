@@ -51,3 +51,27 @@ def gmm_pairs(tmp_path_factory):
     for cache in splits:
         cache.generate()
     return tuple({k: v for k, v in cache.load().items() if k in ("noise", "x0")} for cache in splits)
+
+
+@pytest.fixture
+def resumed_fit(gmm, gmm_pairs, tmp_path):
+    """``check(method, config, first, total)``: fit ``total`` iterations at once, and again as a
+    fit of ``first`` iterations checkpointed then resumed with the larger budget; asserts the two
+    end bit-identical (parameters, and the relaxed objective's start offsets) and returns
+    (uninterrupted, resumed, checkpoint path)."""
+    from gasbench.registry import SOLVERS
+
+    def check(method: str, config: dict, first: int, total: int, nfe: int = 3):
+        checkpoint = tmp_path / "fit-checkpoint.pt"
+        whole = SOLVERS.get(method)(**config, iterations=total)
+        whole.fit(gmm, nfe, *gmm_pairs, progress=False)
+        SOLVERS.get(method)(**config, iterations=first).fit(gmm, nfe, *gmm_pairs, progress=False, checkpoint_path=checkpoint)
+        resumed = SOLVERS.get(method)(**config, iterations=total)
+        assert resumed.fit(gmm, nfe, *gmm_pairs, progress=False, checkpoint_path=checkpoint).resumed_at == first
+        for key in whole.params:
+            assert torch.equal(resumed.params[key], whole.params[key]), key
+        if whole.start_offsets is not None:
+            assert torch.equal(resumed.start_offsets, whole.start_offsets)
+        return whole, resumed, checkpoint
+
+    return check
