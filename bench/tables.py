@@ -31,8 +31,9 @@ def load_frame(results_dir: Path) -> pd.DataFrame:
         for name, value in r["metrics"].items():
             rows.append({**base, "metric": name, "value": value, "std": r.get("metrics_std", {}).get(name, float("nan"))})
         for name, cost in COSTS.items():
-            if cost(r) is not None:
-                rows.append({**base, "metric": name, "value": cost(r), "std": float("nan")})
+            value = cost(r)
+            if value is not None:
+                rows.append({**base, "metric": name, "value": value, "std": float("nan")})
     return pd.DataFrame(rows, columns=["teacher", "method", "nfe", "metric", "value", "std", "reference"])
 
 

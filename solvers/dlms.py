@@ -59,16 +59,12 @@ import torch.nn.functional as F
 
 from gasbench.errors import GasbenchError
 from gasbench.registry import register_solver
-from gasbench.solvers.executor import AdaptiveRun, AdaptiveTable, PerSampleTable, execute
+from gasbench.solvers.executor import AdaptiveRun, AdaptiveTable, PerSampleTable, execute, per_sample
 from gasbench.solvers.handcrafted import ADAMS_BASHFORTH
 from gasbench.solvers.learned import LOSSES, TRAINING_OPTIONS, LearnedSolver, distillation_loss
 from gasbench.solvers.schedules import make_sigmas
 
 PORTION_EPS = 1e-5  # each step keeps a portion in [eps, 1 - eps] of the time left
-
-
-def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *[1] * (like.dim() - 1))
 
 
 @dataclass
@@ -116,10 +112,10 @@ class Designer:
 
 def multistep(x: torch.Tensor, sigma, sigma_next, a: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
     """Eq. 8-9 with per-sample sigma, sigma_next (B,) and a (B, m) on the newest m outputs."""
-    r = _per_sample(sigma_next / sigma, x)
+    r = per_sample(sigma_next / sigma, x)
     out = r * x
     if a.shape[1]:
-        combined = sum(_per_sample(a[:, k], x) * history[-1 - k] for k in range(a.shape[1]))
+        combined = sum(per_sample(a[:, k], x) * history[-1 - k] for k in range(a.shape[1]))
         out = out + (1 - r) * combined
     return out
 
@@ -302,12 +298,7 @@ class DLMSSolver(LearnedSolver):
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for n, (loss, _) in enumerate(self.distillation_steps(params, teacher, nfe, batch), start=2):
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise GasbenchError(
-                    f"dlms training loss became {value} at iteration {iteration + 1}, step {n} (NFE {nfe}); lower the "
-                    f"learning rate (--solver-arg lr=..., now {self.config['lr']}); a checkpoint, if any, holds the last good state."
-                )
+            value = self.finite_loss(loss, iteration, nfe, f", step {n}")
             loss.backward()
             total += value
         torch.nn.utils.clip_grad_norm_(list(params.values()), self.config["grad_clip"])

@@ -213,6 +213,11 @@ class PerSampleTable(AdaptiveTable, AdaptiveRun):
 Table = Union[SolverTable, AdaptiveTable]
 
 
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) ``values`` shaped to broadcast over the sample dimensions of ``like`` (B, ...)."""
+    return values.view(-1, *[1] * (like.dim() - 1))
+
+
 def _per_sample_sum(weights: Sequence[Scalar], vectors: list[torch.Tensor]) -> torch.Tensor:
     """sum_j w_j v_j with (B,) weights broadcast over each sample; Python zeros are skipped."""
     out: Optional[torch.Tensor] = None
@@ -221,7 +226,7 @@ def _per_sample_sum(weights: Sequence[Scalar], vectors: list[torch.Tensor]) -> t
             if w == 0:
                 continue
         elif w.dim() == 1:
-            w = w.to(v.dtype).view(-1, *[1] * (v.dim() - 1))
+            w = per_sample(w.to(v.dtype), v)
         out = w * v if out is None else out + w * v
     return torch.zeros_like(vectors[0]) if out is None else out
 

@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 from gasbench.errors import GasbenchError
 from gasbench.records import write_atomic
 from gasbench.solvers.base import Solver
-from gasbench.solvers.executor import AdaptiveTable, SolverTable, Table, execute
+from gasbench.solvers.executor import AdaptiveTable, SolverTable, Table, execute, per_sample
 
 STATE_FILE = "solver.safetensors"
 CONFIG_FILE = "solver.json"
@@ -88,10 +88,14 @@ def distillation_loss(name: str, student: torch.Tensor, target: torch.Tensor, te
 RELAXED_STEP = 0.5
 
 
+def _norms(batch: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 norms (B,), floored so a zero vector divides safely."""
+    return batch.flatten(1).norm(dim=1).clamp_min(1e-30)
+
+
 def project_to_ball(offsets: torch.Tensor, radius: float) -> torch.Tensor:
     """Per-sample projection of ``offsets`` (B, ...) onto the L2 ball of ``radius`` (S4S Alg. 1, line 6)."""
-    norms = offsets.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *[1] * (offsets.dim() - 1))
-    return offsets * torch.clamp(radius / norms, max=1.0)
+    return offsets * per_sample(torch.clamp(radius / _norms(offsets), max=1.0), offsets)
 
 
 @dataclass
@@ -200,13 +204,7 @@ class LearnedSolver(Solver):
             shift = self.start_offsets[batch["index"]].clone().requires_grad_(True)
             batch = {**batch, "noise": batch["noise"].to(shift.dtype) + shift}
         loss = self.training_loss(params, teacher, nfe, batch, generator, cfg["checkpointing"])
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise GasbenchError(
-                f"{self.name} training loss became {value} at iteration {iteration + 1} (NFE {nfe}); "
-                f"lower the learning rate (--solver-arg lr=..., now {cfg['lr']}), or check the teacher "
-                f"data for NaN (`gasbench data info`); a checkpoint, if any, holds the last good state."
-            )
+        value = self.finite_loss(loss, iteration, nfe)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trainable = self.trainable(iteration)
@@ -217,9 +215,20 @@ class LearnedSolver(Solver):
         torch.nn.utils.clip_grad_norm_([p for p in params.values() if p.grad is not None], cfg["grad_clip"])
         optimizer.step()
         if shift is not None and shift.grad is not None:
-            direction = shift.grad / shift.grad.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *[1] * (shift.dim() - 1))
+            direction = shift.grad / per_sample(_norms(shift.grad), shift.grad)
             moved = shift.detach() - RELAXED_STEP * self.radius * direction
             self.start_offsets[batch["index"]] = project_to_ball(moved, self.radius)
+        return value
+
+    def finite_loss(self, loss: torch.Tensor, iteration: int, nfe: int, where: str = "") -> float:
+        """The loss as a float; one clear message (and a stop) if it became NaN or inf."""
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise GasbenchError(
+                f"{self.name} training loss became {value} at iteration {iteration + 1}{where} (NFE {nfe}); "
+                f"lower the learning rate (--solver-arg lr=..., now {self.config['lr']}), or check the teacher "
+                f"data for NaN (`gasbench data info`); a checkpoint, if any, holds the last good state."
+            )
         return value
 
     def make_optimizer(self, params: dict[str, torch.Tensor]) -> torch.optim.Optimizer:
