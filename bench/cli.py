@@ -16,6 +16,7 @@ from rich.table import Table
 
 from gasbench.errors import GasbenchError
 from gasbench.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS, import_plugin
+from gasbench.teachers.load import load_teacher
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__)
 teacher_app = typer.Typer(help="Train or inspect teachers.")
@@ -57,6 +58,17 @@ def _key_values(pairs: Optional[list[str]]) -> dict[str, str]:
     return out
 
 
+def _batch_size(text: str) -> int:
+    from gasbench.sampling import AUTO_BATCH
+
+    if text.strip().lower() == "auto":
+        return AUTO_BATCH
+    value = _ints([text], "--batch-size")
+    if len(value) != 1 or value[0] < 1:
+        raise GasbenchError(f"--batch-size expects a positive integer or 'auto', got {text!r}.")
+    return value[0]
+
+
 @app.command()
 def run(
     methods: Optional[list[str]] = typer.Option(None, "--methods", "-m", help="Comma-separated methods; default: all registered."),
@@ -64,16 +76,21 @@ def run(
     nfe: list[str] = typer.Option(["4,6,8,10"], "--nfe", help="Comma-separated NFE values."),
     seed: int = typer.Option(50_000, "--seed", help="First evaluation seed; sample i uses seed + i."),
     num_samples: int = typer.Option(1000, "--num-samples", "-n", help="Evaluation samples per cell."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Samples per denoiser call."),
+    batch_size: str = typer.Option("256", "--batch-size", help="Samples per denoiser call, or 'auto' (from free GPU memory)."),
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where records are written."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="Time-step schedule for every method; default: the teacher's."),
     solver_arg: Optional[list[str]] = typer.Option(None, "--solver-arg", help="key=value option for every method that has it (repeatable)."),
     metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Comma-separated metrics; default: the teacher's (see `gasbench list metrics`)."),
     seeds: int = typer.Option(1, "--seeds", help="Independent evaluation seed sets; tables show mean +/- std over them."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute cells that already have a matching record."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="The teacher's weights file (default: the pinned file in $GASBENCH_HOME/weights, downloaded when online)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N: where the teacher's network runs."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 to run the teacher's network under bfloat16 autocast."),
     plugin: Optional[list[str]] = PluginOption,
 ):
-    """Sample every method on the same seeds, score against the teacher, record one file per cell."""
+    """Sample every method on the same seeds, score against the teacher, record one file per cell.
+
+    --dataset takes a registered teacher (`gasbench teachers`) or diffusers:<hub id or folder>."""
     from gasbench.runner import RunConfig
     from gasbench.runner import run as run_benchmark
     from gasbench.tables import render
@@ -83,9 +100,9 @@ def run(
         SCHEDULES.resolve(schedule)
     config = RunConfig(
         teacher=dataset, methods=_split(methods) or None, nfes=_ints(nfe, "--nfe"), seed=seed,
-        num_samples=num_samples, batch_size=batch_size, results_dir=results_dir,
+        num_samples=num_samples, batch_size=_batch_size(batch_size), results_dir=results_dir,
         schedule=schedule, solver_args=_key_values(solver_arg), overwrite=overwrite,
-        metrics=_split(metrics) or None, seed_sets=seeds,
+        metrics=_split(metrics) or None, seed_sets=seeds, weights=weights, device=device, precision=precision,
     )
     start, timings = time.perf_counter(), {}
     records = run_benchmark(config, err_console, timings)
@@ -187,6 +204,38 @@ def list_(
         console.print(out)
 
 
+@app.command()
+def teachers(
+    check: bool = typer.Option(False, "--check", help="Hash the weights files found and compare them with the pins."),
+    plugin: Optional[list[str]] = PluginOption,
+):
+    """The registered teachers, the weights each needs, whether they are present, and where they are looked for."""
+    from gasbench.weights import sha256_of, weights_dir
+
+    _load_plugins(plugin)
+    out = Table(title=f"teachers (weights looked for in: --weights PATH, then {weights_dir()}, then the URL when online)",
+                title_justify="left")
+    for column in ("name", "weights file", "pinned sha256", "present", "source"):
+        out.add_column(column, style="bold" if column == "name" else None)
+    for entry in TEACHERS:
+        cls, source = entry.obj, getattr(entry.obj, "weights_source", None)
+        if source is not None:
+            path, pin, origin = weights_dir() / source.filename, source.sha256, source.url or "its authors (no public URL)"
+        elif getattr(cls, "WEIGHTS", None) is not None:
+            path, pin, origin = cls.WEIGHTS, cls.WEIGHTS_SHA256, f"ships with gasbench (`gasbench teacher train {entry.name}`)"
+        else:
+            out.add_row(entry.name, "-", "-", "not needed", entry.description)
+            continue
+        present = "no"
+        if path.is_file():
+            present = "yes"
+            if check:
+                present = "yes, sha256 matches" if sha256_of(path) == pin else "yes, sha256 DIFFERS" if pin else "yes, unpinned"
+        out.add_row(entry.name, str(path), pin or "(not pinned)", present, origin)
+    console.print(out)
+    console.print("Also: --dataset diffusers:<hub id or folder> wraps any diffusers pipeline (hub downloads need a connection).")
+
+
 @teacher_app.command("train")
 def teacher_train(
     name: str = typer.Argument("digits", help="Built-in teacher to train: digits or fashion."),
@@ -262,7 +311,7 @@ def bench_overhead(
     from gasbench.overhead import measure_overhead
     from gasbench.solvers.base import HandcraftedSolver
 
-    teacher = TEACHERS.get(dataset)()
+    teacher = load_teacher(dataset)
     names = _split(methods) or [e.name for e in SOLVERS if issubclass(e.obj, HandcraftedSolver)]
     rows = measure_overhead(teacher, names, _ints(nfe, "--nfe"), batch_size, repeats)
     out = Table(title=f"solver overhead on {dataset}, batch {batch_size}, {torch.get_num_threads()} threads")
@@ -290,7 +339,7 @@ def bench_training(
 
     if not getattr(SOLVERS.get(method), "learned", False):
         raise GasbenchError(f"'{method}' is not a learned method; `gasbench list solvers` shows which are.")
-    teacher = TEACHERS.get(dataset)()
+    teacher = load_teacher(dataset)
     rows = measure_training_step(teacher, SOLVERS.resolve(method).name, _ints(nfe, "--nfe"), batch_size, repeats)
     device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
     out = Table(title=f"{method} training step on {dataset}, batch {batch_size} ({device})")
@@ -315,7 +364,7 @@ def bench_metrics(
     from gasbench.tables import default_metrics
 
     names = _split(metrics) or list(dict.fromkeys([*default_metrics(dataset), "fid", "lpips-alex", "lpips-vgg"]))
-    teacher = TEACHERS.get(dataset)()
+    teacher = load_teacher(dataset)
     rows = measure_metric_speed(teacher, names, num_samples)
     out = Table(title=f"metric speed on {dataset}, {num_samples} samples, {torch.get_num_threads()} threads")
     for col in ("metric", "setup s (once)", "compute s", "images/s"):

@@ -12,7 +12,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -35,9 +35,10 @@ from gasbench.records import (
     read_record,
     write_json_atomic,
 )
-from gasbench.registry import SOLVERS, TEACHERS
-from gasbench.sampling import sample_seeds
+from gasbench.registry import SOLVERS
+from gasbench.sampling import AUTO_BATCH, auto_batch_size, sample_seeds
 from gasbench.solvers.executor import ExecutionStats, Table
+from gasbench.teachers.load import load_teacher
 from gasbench.trajectories import SPLIT_STARTS, TrajectoryCache
 
 GRID_SIZE = 64
@@ -57,6 +58,9 @@ class RunConfig:
     metrics: Optional[list[str]] = None  # None: the teacher's default metrics
     seed_sets: int = 1  # independent evaluation seed sets (mean and std over them)
     overwrite: bool = False
+    weights: Optional[Path] = None  # the teacher's weights file instead of the pinned/cached one
+    device: str = "auto"
+    precision: str = "fp32"  # "bf16": the teacher's network under bfloat16 autocast
 
     def seed_ranges(self) -> list[list[int]]:
         """Seed set k is ``seed + k * num_samples ... + num_samples - 1``: disjoint, contiguous."""
@@ -129,7 +133,10 @@ def run(config: RunConfig, console: Optional[Console] = None,
     console = console or Console(stderr=True)
     for name in config.methods or []:
         SOLVERS.resolve(name)  # unknown names fail before the teacher is loaded
-    teacher = TEACHERS.get(config.teacher)()
+    teacher = load_teacher(config.teacher, config.weights, config.device, config.precision)
+    if config.batch_size == AUTO_BATCH:
+        config = replace(config, batch_size=auto_batch_size(teacher))
+        console.print(f"batch size {config.batch_size} (from free memory on {teacher.device})")
     metrics = [get_metric(name) for name in (config.metrics or teacher.default_metrics)]
     cells = build_cells(config, teacher)
     if config.num_samples < 1:

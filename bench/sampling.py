@@ -6,6 +6,7 @@ the batch size: noise first, then the condition, from ``torch.Generator().manual
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -18,6 +19,29 @@ def noise_and_conditions(teacher, seeds: list[int]) -> tuple[torch.Tensor, Optio
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
     noise = torch.stack([torch.randn(teacher.shape, generator=g, dtype=torch.float64) for g in generators])
     return noise, teacher.conditions(generators)
+
+
+AUTO_BATCH = 0  # RunConfig.batch_size meaning "choose from free memory"
+CPU_BATCH = 256
+
+
+@torch.no_grad()
+def auto_batch_size(teacher, headroom: float = 0.8, cap: int = 4096) -> int:
+    """The largest power-of-two batch whose denoiser call fits in ``headroom`` of the GPU's free
+    memory, from the peak memory of a probe call on 4 samples; 256 on the CPU."""
+    device = teacher.device
+    if device.type != "cuda":
+        return CPU_BATCH
+    probe = 4
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    noise, cond = noise_and_conditions(teacher, list(range(probe)))
+    teacher.denoiser(cond)((noise * teacher.sigma_max).float(), torch.tensor(teacher.sigma_max))
+    per_sample = max((torch.cuda.max_memory_allocated(device) - before) / probe, 1.0)
+    free, _ = torch.cuda.mem_get_info(device)
+    fits = max(1, int(headroom * free / per_sample))
+    return min(cap, 2 ** int(math.log2(fits)))
 
 
 @torch.no_grad()

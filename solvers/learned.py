@@ -425,7 +425,8 @@ class LearnedSolver(Solver):
 
 def load_saved_solver(directory: Path) -> tuple[LearnedSolver, Any, int]:
     """The learned solver saved in a result cell, with its teacher and NFE (for `gasbench show`)."""
-    from gasbench.registry import SOLVERS, TEACHERS
+    from gasbench.registry import SOLVERS
+    from gasbench.teachers.load import load_teacher
 
     directory = Path(directory)
     try:
@@ -440,7 +441,7 @@ def load_saved_solver(directory: Path) -> tuple[LearnedSolver, Any, int]:
         raise GasbenchError(f"{directory / CONFIG_FILE} is not a solver state written by gasbench; rerun the cell.") from None
     cls = SOLVERS.get(name)
     solver = cls(**{k: blob[k] for k in cls.options if k in blob})
-    teacher = TEACHERS.get(teacher_name)()
+    teacher = load_teacher(teacher_name)
     if not solver.load_state(directory, teacher, nfe):
         raise GasbenchError(
             f"the state in {directory} does not match {name} for teacher '{teacher_name}' at NFE {nfe} (other "

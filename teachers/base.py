@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
+from gasbench.weights import WeightsSource
+
 
 @dataclass(frozen=True)
 class VPLinearTime:
@@ -68,6 +70,28 @@ class Teacher(ABC):
 
     # length of the per-sample feature vector of :meth:`denoise_with_features`
     feature_dim: int = 4
+    # where the networks run, and "bf16" to run them under bfloat16 autocast (``gasbench run
+    # --device/--precision``); the solvers' own arithmetic stays in the caller's dtype
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+    # the pretrained weights this teacher loads (None: analytic, built in, or a hub pipeline);
+    # `gasbench teachers` lists them and where they are looked for
+    weights_source: ClassVar[Optional["WeightsSource"]] = None
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The networks :meth:`to` moves (none for analytic teachers)."""
+        return []
+
+    def to(self, device: "torch.device | str") -> "Teacher":
+        """Move the teacher's networks to ``device``."""
+        self.device = torch.device(device)
+        for module in self.modules():
+            module.to(self.device)
+        return self
+
+    def autocast(self):
+        """The context network calls run in: bfloat16 autocast when ``precision == "bf16"``."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @abstractmethod
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
@@ -134,9 +158,16 @@ class BoundDenoiser:
     def __init__(self, teacher: Teacher, cond: Optional[torch.Tensor]):
         self.teacher, self.cond = teacher, cond
 
+    def _on_device(self, x: torch.Tensor, sigma: torch.Tensor):
+        device = self.teacher.device
+        cond = None if self.cond is None else self.cond.to(device)
+        return x.to(device), torch.as_tensor(sigma).to(device), cond
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return self.teacher.denoise(x, sigma, self.cond).to(x.dtype)
+        # solvers keep their state where the caller put it (the CPU in gasbench); only the
+        # network's input and output cross to the teacher's device
+        return self.teacher.denoise(*self._on_device(x, sigma)).to(x.device, x.dtype)
 
     def with_features(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        denoised, features = self.teacher.denoise_with_features(x, sigma, self.cond)
-        return denoised.to(x.dtype), features
+        denoised, features = self.teacher.denoise_with_features(*self._on_device(x, sigma))
+        return denoised.to(x.device, x.dtype), features.to(x.device)

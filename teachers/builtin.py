@@ -28,14 +28,19 @@ class NetworkTeacher(Teacher):
         self.weights_sha256 = weights_sha256
         self.feature_dim = net.model.bottleneck_channels
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.net]
+
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
         # sigma is rounded to float32, the precision the network was trained at
-        return self.net(x, torch.as_tensor(sigma, dtype=torch.float32), cond)
+        with self.autocast():
+            return self.net(x, torch.as_tensor(sigma, dtype=torch.float32), cond)
 
     def denoise_with_features(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]
                               ) -> tuple[torch.Tensor, torch.Tensor]:
         """D and the UNet's bottleneck (middle-block output, mean-pooled over space) of one pass."""
-        return self.net(x, torch.as_tensor(sigma, dtype=torch.float32), cond, bottleneck=True)
+        with self.autocast():
+            return self.net(x, torch.as_tensor(sigma, dtype=torch.float32), cond, bottleneck=True)
 
 
 class BuiltinTeacher(NetworkTeacher):
