@@ -86,6 +86,7 @@ def run(
     weights: Optional[Path] = typer.Option(None, "--weights", help="The teacher's weights file (default: the pinned file in $GASBENCH_HOME/weights, downloaded when online)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N: where the teacher's network runs."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 to run the teacher's network under bfloat16 autocast."),
+    reference_images: Optional[Path] = typer.Option(None, "--reference-images", help="Real images (folder, .zip or .npz) for fid/precision/recall on teachers without built-in data."),
     plugin: Optional[list[str]] = PluginOption,
 ):
     """Sample every method on the same seeds, score against the teacher, record one file per cell.
@@ -103,6 +104,7 @@ def run(
         num_samples=num_samples, batch_size=_batch_size(batch_size), results_dir=results_dir,
         schedule=schedule, solver_args=_key_values(solver_arg), overwrite=overwrite,
         metrics=_split(metrics) or None, seed_sets=seeds, weights=weights, device=device, precision=precision,
+        reference_images=reference_images,
     )
     start, timings = time.perf_counter(), {}
     records = run_benchmark(config, err_console, timings)

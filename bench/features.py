@@ -50,7 +50,8 @@ class FeatureSpace(ABC):
     def reference(self, teacher) -> tuple[np.ndarray, dict[str, Any]]:
         """Features of the teacher's real images, and their provenance; computed once, then cached."""
         images, description = _real_images(teacher)
-        if self.max_reference_images is not None:
+        # a reference set the user chose is used whole, as the FID protocol asks
+        if self.max_reference_images is not None and teacher.reference_images is None:
             images = images[: self.max_reference_images]
         provenance = {
             "space": self.name,
@@ -81,7 +82,9 @@ def _real_images(teacher) -> tuple[torch.Tensor, str]:
     if real is None:
         raise GasbenchError(
             f"teacher '{teacher.name}' has no real reference images, so distribution metrics (fid, fd, "
-            "precision, recall, density, coverage) are undefined for it; use paired metrics such as rmse, psnr, lpips-vgg."
+            "precision, recall, density, coverage) are undefined for it: pass the dataset's images with "
+            "`--reference-images PATH` (a folder, .zip or .npz of images, e.g. the training set the teacher was "
+            "trained on), or use paired metrics such as rmse, psnr, lpips-vgg."
         )
     return real
 

@@ -61,6 +61,7 @@ class RunConfig:
     weights: Optional[Path] = None  # the teacher's weights file instead of the pinned/cached one
     device: str = "auto"
     precision: str = "fp32"  # "bf16": the teacher's network under bfloat16 autocast
+    reference_images: Optional[Path] = None  # real images for FID/precision/recall (user's set)
 
     def seed_ranges(self) -> list[list[int]]:
         """Seed set k is ``seed + k * num_samples ... + num_samples - 1``: disjoint, contiguous."""
@@ -134,6 +135,8 @@ def run(config: RunConfig, console: Optional[Console] = None,
     for name in config.methods or []:
         SOLVERS.resolve(name)  # unknown names fail before the teacher is loaded
     teacher = load_teacher(config.teacher, config.weights, config.device, config.precision)
+    if config.reference_images is not None:
+        teacher.reference_images = Path(config.reference_images)
     if config.batch_size == AUTO_BATCH:
         config = replace(config, batch_size=auto_batch_size(teacher))
         console.print(f"batch size {config.batch_size} (from free memory on {teacher.device})")

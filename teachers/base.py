@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -77,6 +78,8 @@ class Teacher(ABC):
     # the pretrained weights this teacher loads (None: analytic, built in, or a hub pipeline);
     # `gasbench teachers` lists them and where they are looked for
     weights_source: ClassVar[Optional["WeightsSource"]] = None
+    # the user's real images for FID / precision / recall (a folder, .zip or .npz of images)
+    reference_images: Optional[Path] = None
 
     def modules(self) -> list[torch.nn.Module]:
         """The networks :meth:`to` moves (none for analytic teachers)."""
@@ -131,8 +134,13 @@ class Teacher(ABC):
 
     def real_images(self) -> Optional[tuple[torch.Tensor, str]]:
         """Real images in [0, 1], (N, C, H, W), that distribution metrics compare with, and a
-        description of where they come from; None when the teacher has none."""
-        return None
+        description of where they come from: the user's reference set (``gasbench run
+        --reference-images``) when one is given, else None (teachers with their own data override)."""
+        if self.reference_images is None:
+            return None
+        from gasbench.images import read_image_set
+
+        return read_image_set(self.reference_images)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Samples to pixels in [0, 1], shape (B, C, H, W); pixel teachers live in [-1, 1]."""

@@ -126,3 +126,47 @@ def test_teachers_command_lists_weights_and_where_they_are_looked_for(monkeypatc
     assert code == 0
     assert "digits" in out and "sha256 matches" in out and str(weights_dir()) in out
     assert "diffusers:<hub id or folder>" in out
+
+
+def test_reference_images_from_a_folder_a_zip_and_an_npz(tmp_path):
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from gasbench.images import read_image_set
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(5, 6, 6, 3), dtype=np.uint8)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        for i, image in enumerate(pixels):
+            Image.fromarray(image).save(folder / f"{i:05d}.png")
+            archive.write(folder / f"{i:05d}.png", f"00000/img{i:08d}.png")
+    np.savez(tmp_path / "images.npz", pixels.transpose(0, 3, 1, 2))  # NCHW is accepted too
+    expected = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    for source in (folder, tmp_path / "images.zip", tmp_path / "images.npz"):
+        images, description = read_image_set(source)
+        assert torch.equal(images, expected) and description.startswith("5 images from")
+    assert read_image_set(folder, limit=2)[0].shape == (2, 3, 6, 6)
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    for bad, message in ((tmp_path / "bad.zip", "could not be read"), (tmp_path / "x.txt", "expected a folder"),
+                         (tmp_path / "empty", "holds no images")):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(GasbenchError, match=message):
+            read_image_set(bad)
+
+
+def test_a_teacher_without_data_asks_for_reference_images(tmp_path):
+    from gasbench.features import feature_space
+    from gasbench.teachers.builtin import DigitsTeacher
+
+    class NoData(DigitsTeacher):
+        name = "nodata"
+
+        def real_images(self):
+            return super(DigitsTeacher, self).real_images()  # the base behaviour: the user's set or nothing
+
+    teacher = NoData()
+    with pytest.raises(GasbenchError, match="--reference-images PATH"):
+        feature_space("pixels").reference(teacher)
