@@ -159,13 +159,14 @@ def test_reference_images_from_a_folder_a_zip_and_an_npz(tmp_path):
 
 def test_a_teacher_without_data_asks_for_reference_images(tmp_path):
     from gasbench.features import feature_space
+    from gasbench.teachers.base import Teacher
     from gasbench.teachers.builtin import DigitsTeacher
 
     class NoData(DigitsTeacher):
         name = "nodata"
 
         def real_images(self):
-            return super(DigitsTeacher, self).real_images()  # the base behaviour: the user's set or nothing
+            return Teacher.real_images(self)  # the base behaviour: the user's set or nothing
 
     teacher = NoData()
     with pytest.raises(GasbenchError, match="--reference-images PATH"):
