@@ -75,7 +75,7 @@ def run(
     dataset: str = typer.Option("digits", "--dataset", "-d", help="Teacher name (see `gasbench list teachers`)."),
     nfe: list[str] = typer.Option(["4,6,8,10"], "--nfe", help="Comma-separated NFE values."),
     seed: int = typer.Option(50_000, "--seed", help="First evaluation seed; sample i uses seed + i."),
-    num_samples: int = typer.Option(1000, "--num-samples", "-n", help="Evaluation samples per cell."),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Evaluation samples per cell; default: the teacher's (1,000 on the built-in teachers, the papers' 50,000 on theirs)."),
     batch_size: str = typer.Option("256", "--batch-size", help="Samples per denoiser call, or 'auto' (from free GPU memory)."),
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where records are written."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="Time-step schedule for every method; default: the teacher's."),

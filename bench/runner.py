@@ -50,7 +50,7 @@ class RunConfig:
     methods: Optional[list[str]] = None  # None: every registered method
     nfes: list[int] = field(default_factory=lambda: [4, 6, 8, 10])
     seed: int = SPLIT_STARTS["evaluation"]  # GAS release convention
-    num_samples: int = 1000
+    num_samples: Optional[int] = None  # None: the teacher's evaluation_samples
     batch_size: int = 256
     results_dir: Path = Path("results")
     schedule: Optional[str] = None
@@ -142,6 +142,8 @@ def run(config: RunConfig, console: Optional[Console] = None,
         console.print(f"batch size {config.batch_size} (from free memory on {teacher.device})")
     metrics = [get_metric(name) for name in (config.metrics or teacher.default_metrics)]
     cells = build_cells(config, teacher)
+    if config.num_samples is None:
+        config = replace(config, num_samples=teacher.evaluation_samples)
     if config.num_samples < 1:
         raise GasbenchError(f"--num-samples must be at least 1, got {config.num_samples}.")
     if config.seed_sets < 1:

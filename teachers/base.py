@@ -78,6 +78,8 @@ class Teacher(ABC):
     # the pretrained weights this teacher loads (None: analytic, built in, or a hub pipeline);
     # `gasbench teachers` lists them and where they are looked for
     weights_source: ClassVar[Optional["WeightsSource"]] = None
+    # evaluation samples per cell when `gasbench run -n` is not given: the papers' FID protocol
+    evaluation_samples: int = 50_000
     # the user's real images for FID / precision / recall (a folder, .zip or .npz of images)
     reference_images: Optional[Path] = None
 

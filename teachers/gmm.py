@@ -24,6 +24,7 @@ class GaussianMixtureTeacher(Teacher):
 
     name = "gmm"
     reference = ReferenceSolver("unipc", 50, "logsnr", {"order": 3})
+    evaluation_samples = 1000
     domain_space = "pixels"
     REAL_IMAGES = 2000
 
