@@ -28,7 +28,7 @@ import torch
 
 from gasbench.errors import GasbenchError
 from gasbench.records import write_atomic
-from gasbench.weights import gasbench_home
+from gasbench.weights import gasbench_home, real_images_dir
 
 # clean-fid uses a dataset's full training set; Inception runs at a few images per second on a
 # CPU, so built-in teachers' FID reference uses at most this many real images (recorded).
@@ -50,8 +50,8 @@ class FeatureSpace(ABC):
     def reference(self, teacher) -> tuple[np.ndarray, dict[str, Any]]:
         """Features of the teacher's real images, and their provenance; computed once, then cached."""
         images, description = _real_images(teacher)
-        # a reference set the user chose is used whole, as the FID protocol asks
-        if self.max_reference_images is not None and teacher.reference_images is None:
+        # the papers' teachers use the whole real set, as the FID protocol asks; the CPU teachers a subset
+        if self.max_reference_images is not None and not teacher.full_reference_set:
             images = images[: self.max_reference_images]
         provenance = {
             "space": self.name,
@@ -84,9 +84,15 @@ def _real_images(teacher) -> tuple[torch.Tensor, str]:
             f"teacher '{teacher.name}' has no real reference images, so distribution metrics (fid, fd, "
             "precision, recall, density, coverage) are undefined for it: pass the dataset's images with "
             "`--reference-images PATH` (a folder, .zip or .npz of images, e.g. the training set the teacher was "
-            "trained on), or use paired metrics such as rmse, psnr, lpips-vgg."
+            f"trained on){_default_location(teacher)}, or choose paired metrics such as `--metrics rmse,psnr`."
         )
     return real
+
+
+def _default_location(teacher) -> str:
+    if not teacher.REAL_IMAGES:
+        return ""
+    return f" or put them at {real_images_dir() / teacher.REAL_IMAGES} (gasbench cannot download them)"
 
 
 class InceptionSpace(FeatureSpace):

@@ -4,21 +4,25 @@ Research releases ship networks as pickles of whole modules: plain ``pickle.load
 classes they name and, for ``torch_utils.persistence`` pickles, executes the module source
 embedded in the file. This reader never does either. Classes named in the pickle become inert
 :class:`ModuleRecord` objects that keep only their attribute dictionaries; tensors are rebuilt by
-torch's own storage functions (storages through ``torch.load(weights_only=True)``); a
-persistence record keeps its class name and state and its embedded source is never looked at.
-Any other global (``os.system``, ``builtins.eval``, ``numpy`` functions, ...) stops the load
-with a :class:`~gasbench.errors.GasbenchError` naming it. The caller then builds its own module
-(its own code) and copies the tensors in with :func:`flat_state_dict`.
+torch's own storage functions (storages through ``torch.load(weights_only=True)``); numpy
+scalars and arrays (EDM records ``np.sqrt(0.5)`` among its constructor arguments) are rebuilt from
+their raw bytes, for plain numeric dtypes only; a persistence record keeps its class name and
+state and its embedded source is never looked at. Any other global (``os.system``,
+``builtins.eval``, other ``numpy`` functions, ...) stops the load with a
+:class:`~gasbench.errors.GasbenchError` naming it. The caller then builds its own module (its
+own code) and copies the tensors in with :func:`flat_state_dict`.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Union
 
+import numpy as np
 import torch
 
 from gasbench.errors import GasbenchError
@@ -63,14 +67,70 @@ def _storage_from_bytes(data: bytes):
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-_TENSOR_GLOBALS = {
+# numpy's pickles name dtypes by a kind letter and byte count ("f8", "i4", "u1", "b1", "c16");
+# object, string, void and datetime kinds are refused
+_NUMERIC_DTYPE = re.compile(r"[biufc][0-9]{1,2}")
+
+
+class _NumpyDType:
+    """``numpy.dtype(code, align, copy)`` as a pickle calls it: a plain numeric dtype whose
+    pickled state may set the byte order and nothing else (no fields, no subarrays, no flags)."""
+
+    def __init__(self, code: Any, align: Any = False, copy: Any = True):
+        if not isinstance(code, str) or not _NUMERIC_DTYPE.fullmatch(code):
+            raise GasbenchError(f"the pickle asks for a numpy dtype {code!r}; only plain numeric dtypes are admitted.")
+        self.dtype = np.dtype(code)
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy's dtype state: (version, byte order, subarray, names, fields, itemsize, alignment, flags)
+        if not (isinstance(state, tuple) and len(state) >= 5 and state[1] in ("<", ">", "|", "=")
+                and all(part is None for part in state[2:5])):
+            raise GasbenchError("the pickle gives a numpy dtype a structured or unknown state; refusing it.")
+        if state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _numpy_scalar(dtype: Any, data: Any = None):
+    if not (isinstance(dtype, _NumpyDType) and isinstance(data, bytes) and len(data) == dtype.dtype.itemsize):
+        raise GasbenchError("malformed numpy scalar in the pickle.")
+    return np.frombuffer(data, dtype=dtype.dtype)[0]
+
+
+class _NumpyArray(np.ndarray):
+    """An ndarray rebuilt from its pickled raw bytes; numpy's own ``__setstate__`` only ever
+    sees a numeric dtype and a bytes buffer."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], _NumpyDType)
+                and isinstance(state[4], bytes)):
+            raise GasbenchError("malformed numpy array in the pickle (only numeric arrays stored as bytes are admitted).")
+        version, shape, dtype, fortran_order, data = state
+        super().__setstate__((version, shape, dtype.dtype, bool(fortran_order), data))
+
+
+class _NumpyArrayClass:
+    """Stands for ``numpy.ndarray`` in a pickle; only :func:`_numpy_reconstruct` accepts it."""
+
+
+def _numpy_reconstruct(cls: Any, shape: Any = None, typecode: Any = None) -> _NumpyArray:
+    if cls is not _NumpyArrayClass:
+        raise GasbenchError("the pickle asks numpy to reconstruct something other than an ndarray; refusing it.")
+    return _NumpyArray((0,), dtype=np.uint8)
+
+
+_ADMITTED_GLOBALS = {
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
     ("collections", "OrderedDict"): OrderedDict,
     ("torch", "Size"): torch.Size,
     ("dnnlib.util", "EasyDict"): dict,  # the configuration dicts of StyleGAN-family pickles
+    ("numpy", "dtype"): _NumpyDType,
+    ("numpy", "ndarray"): _NumpyArrayClass,
 }
+for _core in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x and 2.x spellings
+    _ADMITTED_GLOBALS[_core, "scalar"] = _numpy_scalar
+    _ADMITTED_GLOBALS[_core, "_reconstruct"] = _numpy_reconstruct
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -79,8 +139,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.module_prefixes, self.source = module_prefixes, source
 
     def find_class(self, module: str, name: str):
-        if (module, name) in _TENSOR_GLOBALS:
-            return _TENSOR_GLOBALS[module, name]
+        if (module, name) in _ADMITTED_GLOBALS:
+            return _ADMITTED_GLOBALS[module, name]
         if (module, name) == PERSISTENCE_RECONSTRUCT:
             return _persistent_record
         if module.startswith(self.module_prefixes) and name[:1].isupper():

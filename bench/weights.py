@@ -95,6 +95,11 @@ def weights_dir() -> Path:
     return gasbench_home() / "weights"
 
 
+def real_images_dir() -> Path:
+    """Where a user puts the real images of a papers' teacher for FID: ``$GASBENCH_HOME/real_images``."""
+    return gasbench_home() / "real_images"
+
+
 def offline() -> bool:
     """``GASBENCH_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) forbids downloads."""
     return any(os.environ.get(key, "") not in ("", "0") for key in ("GASBENCH_OFFLINE", "HF_HUB_OFFLINE"))

@@ -80,8 +80,12 @@ class Teacher(ABC):
     weights_source: ClassVar[Optional["WeightsSource"]] = None
     # evaluation samples per cell when `gasbench run -n` is not given: the papers' FID protocol
     evaluation_samples: int = 50_000
-    # the user's real images for FID / precision / recall (a folder, .zip or .npz of images)
+    # the user's real images for FID / precision / recall (a folder, .zip or .npz of images);
+    # without one, REAL_IMAGES is looked for in $GASBENCH_HOME/real_images (as a file or a folder)
     reference_images: Optional[Path] = None
+    REAL_IMAGES: ClassVar[Optional[str]] = None
+    # FID on all the real images (the papers' protocol); the CPU teachers use a subset
+    full_reference_set: bool = True
 
     def modules(self) -> list[torch.nn.Module]:
         """The networks :meth:`to` moves (none for analytic teachers)."""
@@ -137,12 +141,16 @@ class Teacher(ABC):
     def real_images(self) -> Optional[tuple[torch.Tensor, str]]:
         """Real images in [0, 1], (N, C, H, W), that distribution metrics compare with, and a
         description of where they come from: the user's reference set (``gasbench run
-        --reference-images``) when one is given, else None (teachers with their own data override)."""
-        if self.reference_images is None:
-            return None
+        --reference-images``, else ``REAL_IMAGES`` in ``$GASBENCH_HOME/real_images``), else None.
+        Teachers with their own data override this."""
         from gasbench.images import read_image_set
+        from gasbench.weights import real_images_dir
 
-        return read_image_set(self.reference_images)
+        path = self.reference_images
+        if path is None and self.REAL_IMAGES:
+            default = real_images_dir() / self.REAL_IMAGES
+            path = next((p for p in (default, default.with_suffix("")) if p.exists()), None)
+        return None if path is None else read_image_set(path)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Samples to pixels in [0, 1], shape (B, C, H, W); pixel teachers live in [-1, 1]."""
