@@ -127,11 +127,13 @@ def table(
     exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="Comma-separated patterns of method labels to leave out (e.g. '*+*': non-default configurations)."),
     into: Optional[Path] = typer.Option(None, "--into", help="Also write the tables between the gasbench-table markers of this file (e.g. README.md)."),
     block: Optional[str] = typer.Option(None, "--block", help="With --into: fill the markers named <!-- gasbench-table:BLOCK:start/end --> instead."),
+    with_paper: bool = typer.Option(False, "--with-paper", help="Add the GAS, S4S and DLMS papers' reported numbers for the same teacher and metric, as rows 'method (Paper Table N)'."),
 ):
     """Render leaderboards from recorded results: rows = methods, columns = NFE, best in bold."""
     from gasbench.tables import render, write_into
 
-    text = render(results_dir, _split(metric) or None, fmt, teacher, _split(methods) or None, _split(exclude) or None)
+    text = render(results_dir, _split(metric) or None, fmt, teacher, _split(methods) or None, _split(exclude) or None,
+                  with_paper=with_paper)
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     if into is not None:
         write_into(into, text, block)
@@ -236,6 +238,24 @@ def teachers(
         out.add_row(entry.name, str(path), pin or "(not pinned)", present, origin)
     console.print(out)
     console.print("Also: --dataset diffusers:<hub id or folder> wraps any diffusers pipeline (hub downloads need a connection).")
+
+
+@app.command("import-release")
+def import_release(
+    path: Path = typer.Argument(..., help="A student file of the GAS release (bayes-group-diffusion/GAS-students)."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="The teacher the student was trained for (e.g. cifar10)."),
+    kind: str = typer.Option("gas", "--kind", help="gs or gas: which of the authors' students it is (the file does not say)."),
+    t_eps: Optional[float] = typer.Option(None, "--t-eps", help="The student's last time step; default: the release config's for the teacher."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="The teacher's weights file (as for `gasbench run`)."),
+    results_dir: Path = typer.Option(Path("results"), "--results-dir"),
+):
+    """Put the GAS authors' trained student in a result cell, read without running code; then
+    `gasbench run -d <teacher> -m gas-release` (or gs-release) evaluates it like every other method."""
+    from gasbench.release import import_release_student
+
+    cell = import_release_student(path, load_teacher(dataset, weights), kind.lower(), t_eps, results_dir)
+    console.print(f"imported {path} into {cell}; evaluate it with "
+                  f"`gasbench run -d {dataset} -m {kind.lower()}-release --nfe {cell.name[3:]} --results-dir {results_dir}`")
 
 
 @teacher_app.command("train")

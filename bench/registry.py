@@ -139,7 +139,7 @@ class Registry(Generic[T]):
                     self._aliases.pop(key.lower(), None)
 
 
-SOLVERS: Registry[Any] = Registry("solver", ("gasbench.solvers",), "gasbench.solvers")
+SOLVERS: Registry[Any] = Registry("solver", ("gasbench.solvers", "gasbench.release"), "gasbench.solvers")
 TEACHERS: Registry[Any] = Registry("teacher", ("gasbench.teachers",), "gasbench.teachers")
 SCHEDULES: Registry[Any] = Registry("schedule", ("gasbench.solvers.schedules",), "gasbench.schedules")
 METRICS: Registry[Any] = Registry("metric", ("gasbench.metrics",), "gasbench.metrics")

@@ -1,0 +1,570 @@
+"""The GAS release's artifacts, read without running anything in them: the authors' trained GS/GAS
+students (hub ``bayes-group-diffusion/GAS-students``) and teacher datasets
+(``bayes-group-diffusion/GAS-teachers``). Oganov et al. (2025), arXiv:2510.17699.
+
+Formats, as the release's code writes and reads them (github.com/3145tttt/GAS, ``main.py``,
+``training.py``, ``generate.py``, ``collate.py``, ``src/gas/gs_wrapper.py``,
+``src/gas/generalized_solver.py``, ``src/gas/base_model.py``, ``configs/``):
+
+* **Student** (``torch.save`` of ``{"ema", "model", "optim", "step"}``): ``ema`` is torch_ema's
+  state (``decay``, ``num_updates``, ``shadow_params``, ``collected_params``); ``generate.py``
+  samples with ``shadow_params``, a list in the order the solver registered its parameters:
+  ``mu_logit`` (N-1,), ``t_couple`` (N,), then ``c1_diff``, ``a1_diff``, ..., ``cN_diff``,
+  ``aN_diff``, each (N,), for N = NFE (the release sets the solver order to N). Read with
+  ``torch.load(weights_only=True)``.
+* **Teacher data** (``dataset.pkl``, a plain pickle of a ``defaultdict``): ``noise`` (n, C, H, W)
+  float32 unit noise, ``images`` (the teacher's samples in [-1, 1], decoded for latent models),
+  ``latents`` (latent models' samples, else a list of None), ``condition`` (class labels, a list
+  of prompts, or a list of None). Read with :func:`load_release_teacher_data`'s own restricted
+  unpickler (tensors, dicts, lists and prompt strings only).
+
+The student's sampling rule (``GeneralizedSolver.sample`` with theoretical guidance) works in
+the variance-preserving (VP) variables of DPM-Solver's ``NoiseScheduleVP``: time t in [t_eps, 1],
+state y = alpha(t) x (x in gasbench's EDM sigma space), sigma(t) = sqrt(1 - alpha^2) / alpha.
+Its time steps are a stick-breaking product measured from the top, t_0 = 1 (not from gasbench
+GS's bottom, Eq. 14), and its decoupling is applied in VP space: the network sees the VP state
+as if it were at t' = t_n + xi_n, i.e. the EDM input z = y / alpha(t') at sigma(t'), and the noise
+estimate (z - D) / sigma(t') is turned back into a data prediction at t_n. With xi != 0 that is
+neither gasbench GS's decoupling nor any D(x_n, sigma) call, and the first evaluation point is a
+rescaled x_T, so the student cannot be mapped onto :class:`~gasbench.solvers.gs.GeneralizedSolver`
+exactly; it is its own learned solver (``gs-release`` / ``gas-release``) whose sampling loop is
+the release's rule, traced into an Eq. 13 table and run by the shared executor (see
+:func:`release_loop` and :class:`StartScaledTable`). Its output is the release's sample, the VP
+state at t_eps (alpha(t_eps) x, what ``generate.py`` saves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import re
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Sequence, Union
+
+import torch
+
+from gasbench.errors import GasbenchError
+from gasbench.records import cell_dir
+from gasbench.registry import register_solver
+from gasbench.solvers.executor import AdaptiveRun, AdaptiveTable, SolverTable, trace
+from gasbench.solvers.gs import PORTION_EPS, derivative_basis
+from gasbench.solvers.handcrafted import dpmpp_update
+from gasbench.solvers.learned import LearnedSolver
+from gasbench.teachers.base import VPLinearTime
+from gasbench.weights import sha256_of
+
+RELEASE = "GAS release (Oganov et al., 2025, arXiv:2510.17699; github.com/3145tttt/GAS)"
+# student_solver_config.t_eps of the release's configs, by its dataset folder on the hub
+RELEASE_STUDENT_T_EPS = {"cifar10": 1e-3, "ffhq": 1e-4, "afhqv2": 1e-4, "lsun_beds256": 1e-3,
+                         "cin256-v2": 1e-3, "sd-v1": 1e-3}
+# gasbench teachers that are the release's teachers, and their hub folder
+RELEASE_DATASET_OF_TEACHER = {"cifar10": "cifar10", "ffhq": "ffhq", "afhqv2": "afhqv2", "lsun-bedroom": "lsun_beds256",
+                              "imagenet256": "cin256-v2", "sd15": "sd-v1"}
+# The release's seed convention (README): teacher data from seeds 0-49,999 and students evaluated
+# on 50,000-99,999; MS-COCO prompts 0-29,999 and 30,000-59,999.
+RELEASE_SEED_CONVENTION = ("teacher data from seeds 0-49,999, evaluation from seeds 50,000-99,999 "
+                           "(MS-COCO prompts: 0-29,999 and 30,000-59,999)")
+
+# --- the release's noise schedules and time steps ------------------------------------------------
+
+
+class DiscreteVPTime:
+    """``NoiseScheduleVP('discrete')`` of the release for a DDPM-style network (LDM, Stable
+    Diffusion): log alpha piecewise linear in t through t_k = (k + 1) / N, k = 0..N-1, with
+    log alpha(t_k) = log(alphabar_k) / 2, extrapolated from the end segments."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        abar = alphas_cumprod.to(torch.float64)
+        self.knots = torch.arange(1, len(abar) + 1, dtype=torch.float64) / len(abar)
+        self.log_alphas = 0.5 * torch.log(abar)
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        k = torch.searchsorted(self.knots, t.detach().contiguous()).clamp(1, len(self.knots) - 1)
+        t0, t1, y0, y1 = self.knots[k - 1], self.knots[k], self.log_alphas[k - 1], self.log_alphas[k]
+        log_alpha = y0 + (t - t0) * (y1 - y0) / (t1 - t0)
+        return torch.sqrt(torch.expm1(-2 * log_alpha))
+
+
+def release_time(teacher) -> tuple[Union[VPLinearTime, DiscreteVPTime], Any]:
+    """The release's t -> sigma for ``teacher``: (integration, evaluation).
+
+    Integration: the schedule of the release's update rule, the linear VP one with beta_min 0.1
+    and beta_d 19.9 for EDM networks (``EDMModel.setup_net_params`` recomputes exactly these from
+    sigma(t_eps) and sigma(1) of that schedule), and for a discrete-time network its alphabar with
+    log alpha interpolated in t. Evaluation: the sigma at which gasbench's ``teacher`` gets the
+    network input and timestep the release feeds at t, the same map for EDM networks; for a
+    discrete-time one the teacher's own time (t = (k + 1) / N at timestep k, log sigma interpolated
+    between), since the release feeds timestep 1000 t - 1.
+    """
+    from gasbench.teachers.diffusers_teacher import DiscreteVPSchedule
+
+    if isinstance(teacher.time, DiscreteVPSchedule):
+        return DiscreteVPTime(torch.sigmoid(-2 * teacher.time.log_sigmas)), teacher.time  # abar = 1 / (1 + sigma^2)
+    if isinstance(teacher.time, VPLinearTime):
+        return VPLinearTime(), VPLinearTime()
+    raise GasbenchError(f"the GAS release's students and data are for VP teachers (EDM-VP, LDM, Stable Diffusion); "
+                        f"teacher '{teacher.name}' has a {type(teacher.time).__name__} time.")
+
+
+def release_times(mu_logit: torch.Tensor, t_eps: float) -> torch.Tensor:
+    """``GSWrapper.get_t_steps``: the N + 1 decreasing times 1 = t_0 > ... > t_N = t_eps, with
+    1 - t_(N-k) = (1 - t_eps) prod_{j<=k} mu_j for the portions mu = sigmoid(mu_logit) kept in
+    [eps, 1 - eps]."""
+    portions = torch.sigmoid(mu_logit) * (1 - 2 * PORTION_EPS) + PORTION_EPS
+    rising = (1 - torch.cumprod(portions, 0)) * (1 - t_eps) + t_eps
+    return torch.cat([rising.new_tensor([t_eps]), rising, rising.new_tensor([1.0])]).flip(0)
+
+
+def release_logits(nfe: int, t_eps: float) -> torch.Tensor:
+    """``GSWrapper.get_inv_t_steps`` of the release's initialisation, time-uniform steps."""
+    inner = torch.linspace(t_eps, 1.0, nfe + 1, dtype=torch.float64)[1:-1]
+    products = 1 - (inner - t_eps) / (1 - t_eps)
+    portions = products / torch.cat([products.new_ones(1), products[:-1]])
+    return torch.logit((portions - PORTION_EPS) / (1 - 2 * PORTION_EPS))
+
+
+# --- the release's update rule, traced into a table ----------------------------------------------
+
+
+def release_loop(model, x, sigmas, *, alphas, eval_sigmas, eval_alphas, a_diff, c_diff):
+    """The release's GS (``GeneralizedSolver.sample``, theoretical guidance, order N), GAS Eq. 20
+    / Algorithm 1 in its VP variables: y_n = alpha_n x_n on the integration steps ``sigmas``
+    (alpha_n = ``alphas[n]``), evaluation n at sigma(t_n + xi_n) = ``eval_sigmas[n]`` on the VP
+    state seen at that time, z_n = y_n / ``eval_alphas[n]``. ``x`` is the first evaluation point
+    z_0. Update n: DPM-Solver++ of order min(3, n + 1) in y (the base, no lower-order final step)
+    + ``c_diff[n, i]`` on its finite-difference basis and on the older data predictions +
+    ``a_diff[n, i]`` on y_(n-i). Returns y_N."""
+    steps = len(sigmas) - 1
+    ys, denoised = [eval_alphas[0] * x], []
+    for n in range(steps):
+        z = x if n == 0 else ys[n] / eval_alphas[n]
+        eps = (z - model(z, eval_sigmas[n])) / eval_sigmas[n]  # the noise estimate at t_n + xi_n
+        denoised.append(ys[n] / alphas[n] - sigmas[n] * eps)  # ... as a data prediction at t_n
+        k = min(3, n + 1)
+        hist_sigmas, recent = sigmas[n - k + 1 : n + 1], denoised[n - k + 1 :]
+        y = alphas[n + 1] * dpmpp_update(ys[n] / alphas[n], hist_sigmas, recent, sigmas[n + 1])
+        for i, vector in enumerate(derivative_basis(hist_sigmas, recent, sigmas[n + 1])):
+            y = y + c_diff[n, i] * vector
+        for i in range(3, n + 1):
+            y = y + c_diff[n, i] * denoised[n - i]
+        for i in range(n + 1):
+            y = y + a_diff[n, i] * ys[n - i]
+        ys.append(y)
+    return ys[-1]
+
+
+class StartScaledTable(AdaptiveTable, AdaptiveRun):
+    """A fixed Eq. 13 table whose first evaluation point is ``scale`` x x_T rather than x_T.
+
+    Point 0 is analytical (x_T itself, D = 0, no network call, as DLMS's analytical first step),
+    row 0 makes x_1 = scale x x_T, and ``table`` runs from x_1 on; so the executor makes the
+    table's NFE calls and every weighted sum, with one more (free) point.
+    """
+
+    features = False
+
+    def __init__(self, table: SolverTable, scale: float):
+        self.table, self.scale = table, float(scale)
+        self.nfe, self.points, self.sigma_final = table.nfe, table.nfe + 1, table.sigma_final
+        self._a, self._c = table.a.tolist(), table.c.tolist()
+
+    def start(self, x_T: torch.Tensor) -> AdaptiveRun:
+        return self
+
+    def sigma(self, n: int) -> Optional[torch.Tensor]:
+        return None if n == 0 else self.table.sigmas[n - 1]
+
+    def row(self, n, denoised, features):
+        if n == 0:
+            return [self.scale], [0.0]
+        # a traced table weighs only its start (column 0) among the points
+        return [0.0, self._a[n - 1][0]] + [0.0] * (n - 1), [0.0] + self._c[n - 1][:n]
+
+
+# --- the authors' students as a learned solver ----------------------------------------------------
+
+
+class ReleaseStudent(LearnedSolver):
+    """A student trained by the GAS authors, sampled with the release's rule (module docstring).
+
+    Parameters, in the release's own parametrisation: ``mu_logit`` (N-1,), ``t_couple`` (N,),
+    ``a_diff`` and ``c_diff`` (N, N) with [n, i - 1] = the release's ``a{i}_diff[n]`` /
+    ``c{i}_diff[n]``, and ``t_eps`` () from the release's config. gasbench never trains it:
+    :func:`import_release_student` writes it into a result cell, where ``gasbench run`` loads it.
+    """
+
+    options: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple]] = {}
+    kind: ClassVar[str] = ""
+    # not part of a run without --methods: there is nothing to evaluate until a student is imported
+    in_default_run: ClassVar[bool] = False
+
+    def parameters_for(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
+        """The release's initialisation (time-uniform steps, zero corrections and offsets): its
+        untrained GS, DPM-Solver++(3M) on those steps; at an imported student's t_eps, else at the
+        release config's for ``teacher`` (1e-3 for a teacher the release does not have)."""
+        if nfe < 1:
+            raise GasbenchError(f"NFE must be at least 1, got {nfe}.")
+        t_eps = self.params["t_eps"].clone() if self.params is not None else torch.tensor(
+            RELEASE_STUDENT_T_EPS.get(RELEASE_DATASET_OF_TEACHER.get(teacher.name, ""), 1e-3), dtype=torch.float64)
+        zeros = torch.zeros(nfe, nfe, dtype=torch.float64)
+        return {"mu_logit": release_logits(nfe, float(t_eps)), "t_couple": torch.zeros(nfe, dtype=torch.float64),
+                "a_diff": zeros, "c_diff": zeros.clone(), "t_eps": t_eps}
+
+    def _grid(self, params: dict[str, torch.Tensor], teacher) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integration sigmas at t_n and evaluation sigmas at t_n + xi_n (:func:`release_time`)."""
+        t = release_times(params["mu_logit"], float(params["t_eps"]))
+        integration, evaluation = release_time(teacher)
+        return integration.sigma(t), evaluation.sigma(t[:-1] + params["t_couple"])
+
+    def table_from(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> StartScaledTable:
+        sigmas, eval_sigmas = self._grid(params, teacher)
+        alphas, eval_alphas = (1 + sigmas**2).rsqrt(), (1 + eval_sigmas**2).rsqrt()
+        table = trace(release_loop, sigmas, alphas=alphas, eval_sigmas=eval_sigmas, eval_alphas=eval_alphas,
+                      a_diff=params["a_diff"], c_diff=params["c_diff"])
+        # the release starts from y_0 = unit noise = x_T / sigma_max, i.e. z_0 = x_T / (sigma_max alpha(t'_0))
+        return StartScaledTable(table, 1 / (teacher.sigma_max * float(eval_alphas[0])))
+
+    def steps(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            t = release_times(params["mu_logit"], float(params["t_eps"]))[:-1]
+            sigmas, eval_sigmas = self._grid(params, teacher)
+            return {"release time t_n": t, "sigma(t_n)": sigmas[:-1], "t_n + xi_n": t + params["t_couple"],
+                    "evaluation sigma": eval_sigmas}
+
+    def fit(self, teacher, nfe: int, *args, **kwargs):
+        raise GasbenchError(self._not_imported(teacher, nfe))
+
+    def load_state(self, directory: Path, teacher=None, nfe: Optional[int] = None) -> bool:
+        """The imported student; with ``teacher`` and ``nfe`` (as ``gasbench run`` asks) a missing or
+        mismatched one is an error naming the import, since gasbench cannot train it."""
+        loaded = super().load_state(directory, teacher, nfe)
+        if loaded or teacher is None or nfe is None:
+            return loaded
+        raise GasbenchError(self._not_imported(teacher, nfe, Path(directory)))
+
+    def _not_imported(self, teacher, nfe: int, directory: Optional[Path] = None) -> str:
+        where = f" in {directory}" if directory is not None else ""
+        return (f"'{self.name}' is the GAS authors' {self.kind} student, which gasbench does not train, and no "
+                f"student for teacher '{teacher.name}' at NFE {nfe} (these teacher weights) was imported{where}. "
+                f"Import the release file first: `gasbench import-release FILE --dataset {teacher.name} "
+                f"--kind {self.kind.lower()}`, e.g. a file from the hub's bayes-group-diffusion/GAS-students.")
+
+    def adopt(self, params: dict[str, torch.Tensor], teacher, nfe: int, summary: dict[str, Any]) -> None:
+        """Hold an imported student's parameters, as if they had been trained for (teacher, nfe)."""
+        expected = self.parameters_for(teacher, nfe)
+        if set(params) != set(expected) or any(params[k].shape != expected[k].shape for k in expected):
+            raise GasbenchError(f"internal: release parameters do not have the shapes of NFE {nfe}.")
+        self.params, self.summary = params, summary
+        self.trained_for = (teacher.name, nfe)
+        self._state_identity = self._identity(teacher, nfe)
+
+
+@register_solver("gs-release", description="The GAS authors' trained GS student (imported release file)")
+class GSRelease(ReleaseStudent):
+    name = "gs-release"
+    kind = "GS"
+
+
+@register_solver("gas-release", description="The GAS authors' trained GAS student (imported release file)")
+class GASRelease(ReleaseStudent):
+    name = "gas-release"
+    kind = "GAS"
+
+
+RELEASE_SOLVERS = {"gs": GSRelease, "gas": GASRelease}
+
+
+def _unsafe_message(path: Path, exc: Exception, what: str) -> str:
+    # torch's message suggests weights_only=False, the one thing never to do with such a file:
+    # keep only the line that names what was refused
+    lines = [line.strip() for line in str(exc).splitlines()
+             if "GLOBAL" in line or "Unsupported" in line or "not an allowed" in line]
+    refused = lines[0] if lines else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return (f"{path} is not a GAS release {what} that loads safely ({refused}); it was refused before anything "
+            f"in it ran. gasbench reads these files with torch.load(weights_only=True) only; if it is a genuine "
+            f"release file, it may be damaged: download it again.")
+
+
+def read_release_student(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The release parameters (float64, see :class:`ReleaseStudent`, without ``t_eps``) of a student
+    file and what is known about it (sha256, training step, EMA decay and updates)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise GasbenchError(f"release student {path} does not exist.")
+    try:
+        with warnings.catch_warnings():  # torch's remark on a plain pickle's protocol; the error says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise GasbenchError(_unsafe_message(path, exc, "student")) from None
+    except Exception as exc:  # truncated, not a torch file at all
+        raise GasbenchError(f"{path} is not a readable torch file ({type(exc).__name__}: {exc}).") from None
+    ema = blob.get("ema") if isinstance(blob, dict) else None
+    shadow = ema.get("shadow_params") if isinstance(ema, dict) else None
+    if not isinstance(shadow, list) or len(shadow) < 4 or not all(isinstance(p, torch.Tensor) for p in shadow):
+        raise GasbenchError(
+            f"{path} is not a GAS release student: it needs the torch_ema state 'ema' with a list "
+            f"'shadow_params' (mu_logit, t_couple, then c1_diff, a1_diff, ... per order), as the release's "
+            f"training.py saves it.")
+    nfe = shadow[1].numel()
+    shapes = [tuple(p.shape) for p in shadow]
+    if len(shadow) != 2 + 2 * nfe or shapes != [(nfe - 1,)] + [(nfe,)] * (1 + 2 * nfe):
+        raise GasbenchError(
+            f"{path} holds EMA parameters of shapes {shapes}; a release GS student at NFE N has mu_logit (N-1,), "
+            f"t_couple (N,) and 2N coefficient vectors (N,) (order N = NFE, as the release trains and samples).")
+    shadow = [p.detach().to(torch.float64) for p in shadow]
+    params = {"mu_logit": shadow[0], "t_couple": shadow[1],
+              "c_diff": torch.stack(shadow[2::2], dim=1), "a_diff": torch.stack(shadow[3::2], dim=1)}
+    if not all(bool(torch.isfinite(v).all()) for v in params.values()):
+        raise GasbenchError(f"{path} holds non-finite student parameters.")
+    number = lambda value, kind: kind(value) if isinstance(value, (int, float, torch.Tensor)) else None  # noqa: E731
+    info = {"source": RELEASE, "file": path.name, "sha256": sha256_of(path), "nfe": nfe,
+            "release_step": number(blob.get("step"), int), "ema_decay": number(ema.get("decay"), float),
+            "ema_updates": number(ema.get("num_updates"), int)}
+    return params, info
+
+
+def _student_t_eps(path: Path, teacher, t_eps: Optional[float]) -> tuple[float, str]:
+    if t_eps is not None:
+        return float(t_eps), "given"
+    dataset = RELEASE_DATASET_OF_TEACHER.get(teacher.name)
+    if dataset is None:
+        dataset = next((part for part in reversed(Path(path).parts) if part in RELEASE_STUDENT_T_EPS), None)
+    if dataset is None:
+        known = ", ".join(f"{k} {v:g}" for k, v in RELEASE_STUDENT_T_EPS.items())
+        raise GasbenchError(
+            f"the release student's t_eps (its last time step) is not stored in {Path(path).name} and teacher "
+            f"'{teacher.name}' is not one of the release's; give t_eps (the release's configs: {known}).")
+    return RELEASE_STUDENT_T_EPS[dataset], f"release config {dataset}"
+
+
+def load_release_student(path: Path, teacher, kind: str, t_eps: Optional[float] = None
+                         ) -> tuple[ReleaseStudent, int, dict[str, Any]]:
+    """A release student file as a ready solver for ``teacher``: (solver, NFE, info).
+
+    ``kind``: ``gs`` or ``gas`` (the file does not say how it was trained; the leaderboard row is
+    ``gs-release`` or ``gas-release``). ``t_eps``: the student's final time, which the file does
+    not store; by default the release's config of ``teacher`` or of the hub folder in ``path``.
+    """
+    if kind not in RELEASE_SOLVERS:
+        raise GasbenchError(f"kind must be one of {', '.join(RELEASE_SOLVERS)} (how the authors trained it), "
+                            f"got {kind!r}.")
+    params, info = read_release_student(path)
+    t_eps, origin = _student_t_eps(path, teacher, t_eps)
+    if not 0 < t_eps < 1:
+        raise GasbenchError(f"t_eps must lie in (0, 1), the release's time range; got {t_eps}.")
+    nfe = info["nfe"]
+    solver = RELEASE_SOLVERS[kind]()
+    info = {**info, "kind": solver.kind, "t_eps": t_eps, "t_eps_from": origin}
+    solver.adopt({**params, "t_eps": torch.tensor(t_eps, dtype=torch.float64)}, teacher, nfe, info)
+    return solver, nfe, info
+
+
+def import_release_student(path: Path, teacher, kind: str, t_eps: Optional[float] = None,
+                           results_dir: Path = Path("results")) -> Path:
+    """Write a release student into its result cell (``<results>/<teacher>/<kind>-release/nfe<N>``,
+    ``solver.safetensors`` + ``solver.json``), where ``gasbench run -m <kind>-release`` evaluates it
+    on the same seeds and metrics as every other method. Returns the cell directory."""
+    solver, nfe, _ = load_release_student(path, teacher, kind, t_eps)
+    directory = cell_dir(results_dir, teacher.name, solver.name, nfe)
+    solver.save_state(directory, teacher, nfe)
+    return directory
+
+
+# --- the teacher datasets ----------------------------------------------------------------------
+
+
+def release_noise(seeds: Sequence[int], shape: Sequence[int], device: Union[str, torch.device] = "cuda"
+                  ) -> torch.Tensor:
+    """The release's noise (``generate.py``'s StackedRandomGenerator): sample s from its own
+    ``torch.Generator(device).manual_seed(s % 2**32)``. The release draws on CUDA, whose stream
+    differs from the CPU's, so gasbench's CPU noise for seed s is not the release's."""
+    return torch.stack([torch.randn(tuple(shape), device=device,
+                                    generator=torch.Generator(device).manual_seed(int(s) % (1 << 32)))
+                        for s in seeds])
+
+
+def release_seed_order(seeds: Sequence[int], batch: int, gpus: int = 1, keep: Optional[int] = None) -> list[int]:
+    """The seed of each sample of a collated ``dataset.pkl``, which stores none: ``generate.py``
+    splits the seeds into ((n - 1) // (batch x gpus) + 1) x gpus near-equal batches, saves each as
+    ``<first seed>.pt``, and ``collate.py`` concatenates those files in *string* order
+    (``sorted(os.listdir)``: 0, 1021, 10210, ...), then keeps the first ``keep`` samples."""
+    seeds = [int(s) for s in seeds]
+    count = ((len(seeds) - 1) // (batch * gpus) + 1) * gpus
+    batches = [b.tolist() for b in torch.as_tensor(seeds).tensor_split(count) if len(b)]
+    order = [s for b in sorted(batches, key=lambda b: f"{b[0]}.pt") for s in b]
+    return order[:keep]
+
+
+# scripts/teachers.sh: (seeds, batch per GPU, GPUs) per kind of teacher output
+RELEASE_DATA_LAYOUT = {"pixels": (range(50_000), 1024, 1), "latents": (range(50_000), 64, 1),
+                       "prompts": (range(30_000), 16, 3)}
+
+
+class _TextDType:
+    """``numpy.dtype('U<n>')`` as a pickle names it: fixed-width UTF-32 text and nothing else."""
+
+    def __init__(self, code: Any, align: Any = False, copy: Any = True):
+        if not isinstance(code, str) or not re.fullmatch(r"U[0-9]{1,6}", code):
+            raise GasbenchError(f"the dataset asks for a numpy dtype {code!r}; only prompt strings (U<n>) are "
+                                f"admitted.")
+        self.width, self.order = int(code[1:]), "<"
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) >= 2 and state[1] in ("<", ">", "|", "=")):
+            raise GasbenchError("the dataset gives a numpy text dtype an unknown state; refusing it.")
+        self.order = ">" if state[1] == ">" else "<"
+
+
+def _text_scalar(dtype: Any, data: Any = None) -> str:
+    if not (isinstance(dtype, _TextDType) and isinstance(data, bytes) and len(data) == 4 * dtype.width):
+        raise GasbenchError("malformed numpy string in the dataset.")
+    return data.decode("utf-32-le" if dtype.order == "<" else "utf-32-be").rstrip("\x00")
+
+
+_DATASET_GLOBALS = {
+    ("collections", "defaultdict"): lambda *factory: {},  # collate.py pickles a defaultdict(list)
+    ("builtins", "list"): list,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    # a tensor pickled with plain pickle carries its storage as torch.save bytes
+    ("torch.storage", "_load_from_bytes"): lambda data: torch.load(io.BytesIO(data), map_location="cpu",
+                                                                   weights_only=True),
+    ("numpy", "dtype"): _TextDType,
+}
+for _core in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x and 2.x spellings
+    _DATASET_GLOBALS[_core, "scalar"] = _text_scalar
+
+
+class _DatasetUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: Path):
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _DATASET_GLOBALS:
+            return _DATASET_GLOBALS[module, name]
+        raise GasbenchError(
+            f"{self.source} asks to load '{module}.{name}', which a GAS teacher dataset (tensors, lists and "
+            f"prompts) has no reason to contain; refusing it (the file may be malicious or not a release "
+            f"dataset). Nothing from it was executed.")
+
+
+@dataclass
+class ReleaseTeacherData:
+    """A release teacher dataset: ``noise`` (n, *shape) unit noise; ``x0`` the teacher's samples the
+    release trains against (``images`` for pixel teachers, ``latents`` for latent ones), as the
+    release stores them, i.e. the VP state at the teacher's t_eps (alpha(t_eps) x, alpha > 0.999);
+    ``cond`` class labels (n,) or None; ``prompts`` for text-to-image data; ``seeds`` inferred by
+    :func:`release_seed_order`; ``info`` what was read and assumed."""
+
+    noise: torch.Tensor
+    x0: torch.Tensor
+    cond: Optional[torch.Tensor]
+    prompts: Optional[list[str]]
+    seeds: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.noise)
+
+    def training_pairs(self, teacher, train_size: int, validation_size: int
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(train, validation) dicts for :meth:`LearnedSolver.fit`, split as the release's
+        ``SyntDataLoaders``: the first ``train_size`` samples and the last ``validation_size``.
+
+        The release's trajectories start at its t = 1, so the pairs are ``teacher``'s only when its
+        sigma_max is sigma(1) of the release's schedule; otherwise this is an error.
+        """
+        if tuple(self.noise.shape[1:]) != tuple(teacher.shape):
+            raise GasbenchError(f"the release data has samples of shape {tuple(self.noise.shape[1:])}; "
+                                f"teacher '{teacher.name}' has {tuple(teacher.shape)}.")
+        if train_size < 1 or validation_size < 1 or train_size + validation_size > len(self):
+            raise GasbenchError(f"{train_size} train + {validation_size} validation pairs do not fit in the "
+                                f"{len(self)} samples of the release data without overlap.")
+        start = float(release_time(teacher)[0].sigma(torch.tensor(1.0, dtype=torch.float64)))
+        if abs(teacher.sigma_max / start - 1) > 1e-3:
+            raise GasbenchError(
+                f"the release's teacher trajectories start at sigma = {start:.4g} (its t = 1), teacher "
+                f"'{teacher.name}' at sigma_max = {teacher.sigma_max:g}: a student trained on these pairs would "
+                f"start from another noise level than it is evaluated at. Use a teacher whose sigma_max is "
+                f"{start:.6g}.")
+        tensors = {"noise": self.noise, "x0": self.x0, **({"cond": self.cond} if self.cond is not None else {})}
+        return ({k: v[:train_size] for k, v in tensors.items()},
+                {k: v[len(self) - validation_size :] for k, v in tensors.items()})
+
+
+def load_release_teacher_data(path: Path, seeds: Optional[Sequence[int]] = None, batch: Optional[int] = None,
+                              gpus: Optional[int] = None) -> ReleaseTeacherData:
+    """Read a release ``dataset.pkl`` (``collate.py``'s plain pickle) without running anything in it.
+
+    ``seeds``, ``batch``, ``gpus``: how ``generate.py`` made it, to infer each sample's seed
+    (default: ``scripts/teachers.sh``, see :data:`RELEASE_DATA_LAYOUT`); the noise itself is
+    stored, so training never depends on that inference.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise GasbenchError(f"release teacher data {path} does not exist.")
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(chunk)
+    try:
+        with open(path, "rb") as fh:
+            blob = _DatasetUnpickler(fh, path).load()
+    except GasbenchError:
+        raise
+    except pickle.UnpicklingError as exc:  # a tensor storage that torch's weights-only reader refused
+        raise GasbenchError(_unsafe_message(path, exc, "teacher dataset")) from None
+    except Exception as exc:
+        raise GasbenchError(f"{path} is not a readable GAS teacher dataset ({type(exc).__name__}: {exc}).") from None
+    return _teacher_data(blob, path, digest.hexdigest(), seeds, batch, gpus)
+
+
+def _teacher_data(blob: Any, path: Path, sha256: str, seeds, batch, gpus) -> ReleaseTeacherData:
+    missing = {"noise", "images", "latents", "condition"} - set(blob) if isinstance(blob, dict) else {"all keys"}
+    if missing:
+        raise GasbenchError(f"{path} is not a GAS teacher dataset: it lacks {', '.join(sorted(missing))} "
+                            f"(noise, images, latents and condition, as the release's collate.py writes them).")
+    noise, images, latents, condition = (blob[k] for k in ("noise", "images", "latents", "condition"))
+    if not isinstance(noise, torch.Tensor) or noise.dim() < 2:
+        raise GasbenchError(f"{path}: 'noise' is not a batch of tensors.")
+    n = len(noise)
+    latent = isinstance(latents, torch.Tensor)
+    x0 = latents if latent else images
+    if not isinstance(x0, torch.Tensor) or tuple(x0.shape) != tuple(noise.shape):
+        raise GasbenchError(f"{path}: the teacher's samples ('{'latents' if latent else 'images'}') do not match "
+                            f"the noise's shape {tuple(noise.shape)}.")
+    cond, prompts = None, None
+    if isinstance(condition, torch.Tensor):
+        cond = condition.long()
+    elif isinstance(condition, list) and condition and all(isinstance(c, str) for c in condition):
+        prompts = list(condition)
+    elif not (isinstance(condition, list) and all(c is None for c in condition)):
+        raise GasbenchError(f"{path}: 'condition' is neither class labels, prompts nor empty.")
+    if len(condition) != n:
+        raise GasbenchError(f"{path}: {len(condition)} conditions for {n} samples.")
+    kind = "prompts" if prompts is not None else ("latents" if latent else "pixels")
+    default_seeds, default_batch, default_gpus = RELEASE_DATA_LAYOUT[kind]
+    seeds = list(default_seeds if seeds is None else seeds)
+    batch, gpus = batch or default_batch, gpus or default_gpus
+    if len(seeds) < n:
+        raise GasbenchError(f"{path} holds {n} samples, more than the {len(seeds)} seeds it was said to come from.")
+    order = release_seed_order(seeds, batch, gpus, keep=n)
+    info = {
+        "source": RELEASE, "file": path.name, "sha256": sha256, "samples": n, "teacher_output": kind,
+        "x0": f"the release's stored {'latents' if latent else 'images'}: VP state at the teacher's t_eps",
+        "seed_convention": RELEASE_SEED_CONVENTION,
+        "seed_order": (f"inferred, not stored: seeds {seeds[0]}-{seeds[-1]} in batches of {batch} on {gpus} GPU(s), "
+                       f"batch files concatenated in string order (collate.py)"),
+        "noise_generator": "torch.Generator('cuda').manual_seed(seed) per sample (not gasbench's CPU stream)",
+        "conditions": ("prompt = line (seed mod lines) of the release's data/coco_captions.txt" if prompts is not None
+                       else "class label = seed mod 1000 (LDMModel.iterate_condition)" if cond is not None else "none"),
+    }
+    return ReleaseTeacherData(noise.float(), x0.float(), cond, prompts, torch.tensor(order, dtype=torch.int64), info)
