@@ -1,15 +1,32 @@
 """Leaderboards from recorded results, shaped like GAS Table 2: one table per teacher,
-rows = methods, columns = NFE, the best value of each column in bold."""
+rows = methods, columns = NFE, the best value of each column in bold.
+
+With the papers' numbers (``render(..., with_paper=True)``, ``gasbench table --with-paper``) each
+table keeps its columns (the NFEs we measured) and gains the published rows of the same teacher and
+metric, labelled ``method (Paper Table N)`` and printed as the paper prints them: the papers'
+teacher rows beneath ours; each published row right beneath our row of the same method label;
+after our last row of a solver, the paper's other configurations of that solver (other orders,
+schedules, ablations); then the methods we did not run, grouped by solver, with '-' where the
+paper has no number. Reading down one solver's block compares our number with each paper's, and
+the ``-m``/``--exclude`` patterns select published rows as they select ours. Published rows are
+never bold (the best is among ours) and their notes follow the table; a published number at an
+NFE we did not measure is not shown (a teacher's single FID holds at every NFE). In csv the rows
+carry ``source`` (``gasbench`` or the table) and ``note`` columns instead. A table without
+published rows gets a one-line note in markdown and latex saying why.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
 from gasbench.errors import GasbenchError
 from gasbench.metrics import get_metric
+from gasbench.paper import base_method, paper_numbers
 from gasbench.records import TEACHER_LABEL, iter_records
 
 FORMATS = ("markdown", "latex", "csv")
@@ -99,13 +116,109 @@ def select_methods(frame: pd.DataFrame, methods: list[str] | None, exclude: list
 
     keep = frame.method.map(lambda m: m == TEACHER_LABEL or (
         (not methods or matches(m, methods)) and not (exclude and matches(m, exclude))))
-    return frame[keep]
+    return frame[keep.astype(bool)]  # an empty mask has dtype object, which pandas reads as column labels
+
+
+@dataclass
+class Published:
+    """One method of one paper's table as a leaderboard row: its values in our NFE columns."""
+
+    method: str
+    source: str  # the table, e.g. "GAS Table 2a"
+    printed: dict[str, str]  # column -> the value as the paper prints it
+    values: dict[str, float]
+    note: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} ({self.source})"
+
+
+def published_rows(numbers: pd.DataFrame, columns: list[str]) -> list[Published]:
+    """The papers' numbers (:func:`gasbench.paper.paper_numbers`) as rows over ``columns``
+    (``NFE=n``); a value without an NFE (a teacher's own) fills every column the row has no
+    per-NFE value for. Rows with nothing in ``columns`` are left out."""
+    rows = []
+    for (source, method), group in numbers.groupby(["table", "method"], sort=False):
+        printed, values = {}, {}
+        for r in group.sort_values("nfe", na_position="last").itertuples():
+            for col in columns if pd.isna(r.nfe) else [f"NFE={r.nfe}"]:
+                if col in columns and col not in printed:
+                    printed[col], values[col] = r.printed, r.value
+        if printed:
+            note = "; ".join(dict.fromkeys(n for n in group.note if n))
+            rows.append(Published(method, source, printed, values, note))
+    return rows
+
+
+def _display_order(ours: list[str], published: list[Published]) -> list[tuple[str, Optional[Published]]]:
+    """(label, None) for our rows and (label, row) for published ones, in the order the module
+    docstring describes; the stable sorts keep the papers' table order within a method."""
+    def method_of(label: str) -> str:
+        return TEACHER_LABEL if label.startswith("Teacher (") else label
+
+    last_of_solver = {base_method(method_of(label)): i for i, label in enumerate(ours)}
+    left = list(published)
+    order: list[tuple[str, Optional[Published]]] = []
+
+    def take(rows: list[Published]) -> None:
+        order.extend((p.label, p) for p in rows)
+        for p in rows:
+            left.remove(p)
+
+    if TEACHER_LABEL not in map(method_of, ours):  # the papers' teacher rows head the table as ours would
+        take([p for p in left if p.method == TEACHER_LABEL])
+    for i, label in enumerate(ours):
+        order.append((label, None))
+        method = method_of(label)
+        take([p for p in left if p.method == method])
+        if last_of_solver[base_method(method)] == i:
+            take(sorted((p for p in left if base_method(p.method) == base_method(method)), key=lambda p: p.method))
+    take(sorted(left, key=lambda p: (base_method(p.method), p.method)))
+    return order
+
+
+def _with_published(shown: pd.DataFrame, order) -> pd.DataFrame:
+    """Our formatted rows and the published ones (as printed, '-' where the paper has none)."""
+    rows = [shown.loc[label] if p is None else pd.Series({c: p.printed.get(c, "-") for c in shown.columns})
+            for label, p in order]
+    merged = pd.DataFrame(rows, index=[label for label, _ in order], columns=shown.columns)
+    merged.index.name = shown.index.name
+    return merged
+
+
+def _csv_with_published(merged: pd.DataFrame, order) -> pd.DataFrame:
+    """The csv rows: ours with ``source`` gasbench, the papers' under their method label."""
+    rows = [{**merged.loc[label].to_dict(), "source": "gasbench", "note": ""} if p is None
+            else {**p.values, "source": p.source, "note": p.note} for label, p in order]
+    out = pd.DataFrame(rows, index=[label if p is None else p.method for label, p in order],
+                       columns=[*merged.columns, "source", "note"])
+    out.index.name = merged.index.name
+    return out
+
+
+def _no_published(teacher: str, metric: str, reported: pd.DataFrame, selected: pd.DataFrame) -> str:
+    """The one-line note for a table without published rows: the papers report nothing for it,
+    nothing among the selected methods, or nothing at the NFEs measured here."""
+    if reported.empty:
+        return f"No published {metric} numbers for teacher '{teacher}' in the GAS, S4S or DLMS tables."
+    if selected.empty:
+        return f"No published {metric} numbers for teacher '{teacher}' among the selected methods."
+    nfes = ", ".join(str(n) for n in sorted(set(selected.nfe.dropna())))
+    return f"The papers report {metric} for teacher '{teacher}' only at NFE {nfes}, none of which is measured here."
+
+
+def _latex_label(label: str) -> str:
+    """A method label as LaTeX text (option names such as train_size hold underscores)."""
+    return label.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")
 
 
 def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "markdown", teacher: str | None = None,
-           methods: list[str] | None = None, exclude: list[str] | None = None) -> str:
+           methods: list[str] | None = None, exclude: list[str] | None = None, with_paper: bool = False) -> str:
     """Leaderboards of every teacher (or one) for each of ``metrics`` (default: the teacher's first),
-    with the methods :func:`select_methods` keeps."""
+    with the methods :func:`select_methods` keeps; ``with_paper`` adds the papers' numbers for the
+    same teacher and metric (the patterns select among those too), laid out as the module
+    docstring says."""
     if fmt not in FORMATS:
         raise GasbenchError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}.")
     for name in metrics or []:
@@ -126,19 +239,45 @@ def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "mark
             means, stds = leaderboard(frame, name, metric)
             if means.empty:
                 continue
+            order, notes = None, []
+            if with_paper:
+                reported = paper_numbers(name, metric)
+                selected = select_methods(reported, methods, exclude)
+                published = published_rows(selected, list(means.columns))
+                order = _display_order(list(means.index), published)
+                notes = ([f"{p.label}: {p.note}" for _, p in order if p is not None and p.note] if published
+                         else [_no_published(name, metric, reported, selected)])
             if fmt == "csv":
                 merged = means.join(stds.add_suffix(" std"))
+                if order is not None:
+                    merged = _csv_with_published(merged, order)
                 parts.append(merged.reset_index().assign(teacher=name, metric=metric).to_csv(index=False))
             elif fmt == "latex":
                 shown = _shown(means, stds, higher_is_better, lambda s: f"\\textbf{{{s}}}")
-                parts.append(f"% {name}: {metric} ({arrow})\n" + shown.to_latex().replace("±", "$\\pm$"))
+                if order is not None:
+                    shown = _with_published(shown, order)
+                parts.append(f"% {name}: {metric} ({arrow})\n"
+                             + shown.rename(index=_latex_label).to_latex().replace("±", "$\\pm$")
+                             + "".join(f"% {line}\n" for line in notes))
             else:
                 shown = _shown(means, stds, higher_is_better, lambda s: f"**{s}**")
-                parts.append(f"### {name}: {metric} ({arrow})\n\n" + shown.to_markdown())
+                if order is not None:
+                    shown = _with_published(shown, order)
+                parts.append(f"### {name}: {metric} ({arrow})\n\n" + shown.to_markdown()
+                             + (_markdown_notes(notes, bool(published)) if with_paper else ""))
     if not parts:
         wanted = ", ".join(metrics) if metrics else "any metric"
         raise GasbenchError(f"no results for {wanted} recorded under '{results_dir}' for {', '.join(teachers)}.")
     return "\n\n".join(parts) + "\n"
+
+
+def _markdown_notes(notes: list[str], published: bool) -> str:
+    """Under a table with published rows: what they are, then their notes; else the one-line note."""
+    if not published:
+        return f"\n\n_{notes[0]}_"
+    lines = ["_Rows 'method (Paper Table N)': the papers' reported numbers as printed, not measured here; "
+             "bold is the best of ours._", *(f"- {line}" for line in notes)]
+    return "\n\n" + "\n".join(lines)
 
 
 MARKER = "<!-- gasbench-table{name}:{end} -->"
