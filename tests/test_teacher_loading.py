@@ -171,3 +171,14 @@ def test_a_teacher_without_data_asks_for_reference_images(tmp_path):
     teacher = NoData()
     with pytest.raises(GasbenchError, match="--reference-images PATH"):
         feature_space("pixels").reference(teacher)
+
+
+def test_run_on_a_papers_teacher_without_weights_stops_at_once(tmp_path, monkeypatch, capsys, offline):
+    code, out, err = gasbench(monkeypatch, capsys, "run", "--methods", "gas,s4s", "--dataset", "afhqv2",
+                              "--results-dir", tmp_path / "results")
+    assert code != 0 and "Traceback" not in out + err
+    message = " ".join(err.split())  # rich wraps long lines
+    for part in ("edm-afhqv2-64x64-uncond-vp.pkl", "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-afhqv2-64x64-uncond-vp.pkl",
+                 "--weights PATH", "GASBENCH_HOME"):
+        assert part in message
+    assert not (tmp_path / "results").exists()  # nothing started, nothing written
