@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Optional
@@ -34,12 +35,13 @@ PRDC_REAL_SUBSET_SEED = 0
 @dataclass
 class Evaluation:
     """What a metric sees for one cell: the samples, the teacher's solution from the same noise
-    (None when scoring the teacher itself) and the teacher. Decoded images and features are
+    (None when scoring the teacher itself), the teacher and the samples' conditions. Decoded images and features are
     computed once and shared by every metric of the cell."""
 
     samples: torch.Tensor
     reference: Optional[torch.Tensor]
     teacher: Any
+    cond: Optional[torch.Tensor] = None  # each sample's condition (class label, prompt index)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def once(self, key: Any, compute: Callable[[], Any]) -> Any:
@@ -219,3 +221,36 @@ for _name, _what in (("precision", "fraction of samples inside the real images' 
     metric(_name, higher_is_better=True, paired=False, provenance=_prdc_provenance,
            description=f"{_name.capitalize()} (Naeem et al. 2020, k={PRDC_NEAREST_K}): {_what}")(
         lambda evaluation, _name=_name: prdc(evaluation)[_name])
+
+
+# --- text alignment ------------------------------------------------------------------------------
+
+def _clip_score(evaluation: Evaluation) -> float:
+    from gasbench.teachers.sd15 import clip_score
+
+    _require_prompts(evaluation.teacher)
+    prompts = evaluation.teacher.prompts_for(evaluation.cond)
+    return clip_score(evaluation.decoded(), prompts, _clip_model(), device=evaluation.teacher.device)
+
+
+def _require_prompts(teacher) -> None:
+    if getattr(teacher, "prompts_for", None) is None:
+        raise GasbenchError(f"clip-score compares images with their prompts; teacher '{teacher.name}' is not a "
+                            "text-to-image teacher (use it with sd15 or a diffusers: Stable Diffusion folder).")
+
+
+def _clip_model() -> str:
+    """CLIP ViT-L/14 from the hub, or ``$GASBENCH_CLIP_MODEL`` (a hub id or a saved local folder)."""
+    from gasbench.teachers.sd15 import CLIP_MODEL
+
+    return os.environ.get("GASBENCH_CLIP_MODEL") or CLIP_MODEL
+
+
+def _clip_provenance(teacher) -> dict:
+    _require_prompts(teacher)
+    return {"network": _clip_model(), "score": "100 * max(cos(image, text), 0), mean over samples (Hessel et al. 2021)",
+            "prompts": getattr(teacher, "prompts_source", None)}
+
+
+metric("clip-score", higher_is_better=True, paired=False, provenance=_clip_provenance,
+       description="CLIP score (ViT-L/14) of each sample with its own prompt, text-to-image teachers")(_clip_score)

@@ -150,26 +150,31 @@ def run(config: RunConfig, console: Optional[Console] = None,
     if config.seed_sets < 1:
         raise GasbenchError(f"--seeds must be at least 1, got {config.seed_sets}.")
     ensure_writable(config.results_dir)
+    for m in metrics:  # a missing real-image set or metric network stops the run before any solve
+        if not m.paired:
+            m.describe(teacher)
     seed_sets = config.seed_ranges()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        references = []
+        references, conditions = [], []
         ref = teacher.reference
         start = time.perf_counter()
         for seeds in seed_sets:
             cache = TrajectoryCache(teacher, tuple(seeds))
             task = progress.add_task(f"{teacher.name}: reference {ref.solver} NFE {ref.nfe}, seeds {seeds[0]}-", total=len(seeds))
             cache.generate(config.batch_size, on_samples=lambda n, task=task: progress.advance(task, n))
-            references.append(cache.load()["x0"])
+            solved = cache.load()
+            references.append(solved["x0"])
+            conditions.append(solved.get("cond"))
         save_reference_grid(teacher, references[0], config.results_dir)
-        teacher_record = record_teacher(config, teacher, metrics, seed_sets, references)
+        teacher_record = record_teacher(config, teacher, metrics, seed_sets, references, conditions)
         records = [teacher_record] if teacher_record is not None else []
         timings[TEACHER_LABEL] = time.perf_counter() - start
         overall = progress.add_task(f"{teacher.name}: {len(cells)} cells", total=len(cells) * len(seed_sets) * config.num_samples)
         for cell in cells:
             start = time.perf_counter()
-            records.append(run_cell(config, teacher, metrics, cell, seed_sets, references, progress, overall))
+            records.append(run_cell(config, teacher, metrics, cell, seed_sets, references, conditions, progress, overall))
             timings[cell.label] = timings.get(cell.label, 0.0) + time.perf_counter() - start
     return records
 
@@ -205,7 +210,7 @@ def _reusable(path: Path, identity: dict, overwrite: bool) -> Optional[dict[str,
     return None
 
 
-def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets, references) -> Optional[dict[str, Any]]:
+def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets, references, conditions) -> Optional[dict[str, Any]]:
     """The teacher row (GAS Table 2's first row): its reference solver's samples scored with the
     distribution metrics; paired metrics would compare it with itself and are left out, so with
     no distribution metric there is no teacher row (None)."""
@@ -223,7 +228,7 @@ def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
     existing = _reusable(out_dir / "metrics.json", identity, config.overwrite)
     if existing is not None:
         return existing
-    evaluations = [Evaluation(reference, None, teacher) for reference in references]
+    evaluations = [Evaluation(reference, None, teacher, cond) for reference, cond in zip(references, conditions)]
     record = {
         **_common_fields(teacher, unpaired, seed_sets, identity),
         "method": TEACHER_LABEL,
@@ -237,7 +242,7 @@ def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
     return record
 
 
-def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, references, progress, overall) -> dict[str, Any]:
+def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, references, conditions, progress, overall) -> dict[str, Any]:
     out_dir = cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe)
     solver_config = cell.solver.resolved_config(teacher)
     identity = {
@@ -256,10 +261,10 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
     stats = ExecutionStats()
     start = time.perf_counter()
     evaluations = []
-    for seeds, reference in zip(seed_sets, references):
+    for seeds, reference, cond in zip(seed_sets, references, conditions):
         samples = sample_seeds(teacher, cell.table, seeds, config.batch_size, stats=stats,
                                on_batch=lambda n: progress.advance(overall, n))
-        evaluations.append(Evaluation(samples, reference, teacher))
+        evaluations.append(Evaluation(samples, reference, teacher, cond))
     wall = time.perf_counter() - start
     batches = sum(-(-len(seeds) // config.batch_size) for seeds in seed_sets)
     scores = _score(metrics, evaluations)
