@@ -225,6 +225,9 @@ def teachers(
         cls, source = entry.obj, getattr(entry.obj, "weights_source", None)
         if source is not None:
             path, pin, origin = weights_dir() / source.filename, source.sha256, source.url or "its authors (no public URL)"
+        elif getattr(cls, "HUB_ID", None) is not None:
+            out.add_row(entry.name, f"hub: {cls.HUB_ID}", "-", "diffusers' cache", "downloaded by diffusers on first use, or --weights FOLDER")
+            continue
         elif getattr(cls, "WEIGHTS", None) is not None:
             path, pin, origin = cls.WEIGHTS, cls.WEIGHTS_SHA256, f"ships with gasbench (`gasbench teacher train {entry.name}`)"
         else:

@@ -463,11 +463,15 @@ IMAGENET256 = LatentDiffusionConfig(
 @register_teacher(LSUN_BEDROOM.name, description=LSUN_BEDROOM.description)
 class LSUNBedroomTeacher(LatentDiffusionTeacher):
     config = LSUN_BEDROOM
+    weights_source = LSUN_BEDROOM.source
+    REAL_IMAGES = "lsun-bedroom-256.zip"
 
 
 @register_teacher(IMAGENET256.name, description=IMAGENET256.description)
 class ImageNet256Teacher(LatentDiffusionTeacher):
     config = IMAGENET256
+    weights_source = IMAGENET256.source
+    REAL_IMAGES = "imagenet-256.zip"
 
 
 @register_teacher("imagenet256-dit",

@@ -178,6 +178,8 @@ class SD15Teacher(TextToImageTeacher):
     ``sd15-prompts-<sha256[:8]>`` so its cached reference samples never mix with the default prompts'.
     """
 
+    HUB_ID = SD15_HUB_IDS[0]
+
     def __init__(self, weights: Optional[Path] = None, prompts: Optional[Path] = None):
         source = str(weights) if weights is not None else SD15_HUB_IDS[0]
         if not Path(source).expanduser().exists() and source not in SD15_HUB_IDS:
