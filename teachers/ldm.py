@@ -474,17 +474,15 @@ class ImageNet256Teacher(LatentDiffusionTeacher):
     REAL_IMAGES = "imagenet-256.zip"
 
 
-@register_teacher("imagenet256-dit",
-                  description="DiT-XL/2 256 (hub facebook/DiT-XL-2-256) on imagenet256's protocol: CFG 2.0, UniPC bh2")
-class ImageNet256DiTTeacher(DiffusersTeacher):
+def imagenet256_dit(weights: Optional[Path] = None) -> DiffusersTeacher:
     """DiT-XL/2 at 256 (Peebles & Xie, 2023) with ``imagenet256``'s guidance scale and reference
     solver, so the two networks are benchmarked the same way. ``weights`` is a local copy of the
     pipeline (``DiTPipeline.save_pretrained``); without it diffusers fetches the hub id."""
+    teacher = DiffusersTeacher.from_pretrained(f"{weights or imagenet256_dit.HUB_ID}?guidance={IMAGENET256.guidance_scale}")
+    teacher.name, teacher.reference = "imagenet256-dit", IMAGENET256.reference
+    return teacher
 
-    HUB_ID = "facebook/DiT-XL-2-256"
 
-    def __init__(self, weights: Optional[Path] = None):
-        # from_pretrained builds a DiffusersTeacher with its own constructor; adopt its state
-        loaded = DiffusersTeacher.from_pretrained(f"{weights or self.HUB_ID}?guidance={IMAGENET256.guidance_scale}")
-        vars(self).update(vars(loaded))
-        self.name, self.reference = "imagenet256-dit", IMAGENET256.reference
+imagenet256_dit.HUB_ID = "facebook/DiT-XL-2-256"
+register_teacher("imagenet256-dit", description="DiT-XL/2 256 (hub facebook/DiT-XL-2-256) on imagenet256's protocol: "
+                                                "CFG 2.0, UniPC bh2")(imagenet256_dit)

@@ -24,7 +24,7 @@ from gasbench.errors import GasbenchError
 from gasbench.registry import TEACHERS
 from gasbench.teachers import ldm
 from gasbench.teachers.diffusers_teacher import DiffusersTeacher
-from gasbench.teachers.ldm import (IMAGENET256, LSUN_BEDROOM, ImageNet256DiTTeacher, ImageNet256Teacher,
+from gasbench.teachers.ldm import (IMAGENET256, LSUN_BEDROOM, imagenet256_dit, ImageNet256Teacher,
                                    LSUNBedroomTeacher)
 from gasbench.weights import gasbench_home
 
@@ -396,7 +396,7 @@ def test_missing_weights_offline_name_the_file_its_url_and_the_flag(monkeypatch,
 def test_teachers_are_registered():
     assert TEACHERS.get("lsun-bedroom") is LSUNBedroomTeacher
     assert TEACHERS.get("imagenet256") is ImageNet256Teacher
-    assert TEACHERS.get("imagenet256-dit") is ImageNet256DiTTeacher
+    assert TEACHERS.get("imagenet256-dit") is imagenet256_dit
 
 
 def test_dit_variant_reads_a_local_pipeline_on_imagenet256s_protocol(tmp_path):
@@ -414,7 +414,7 @@ def test_dit_variant_reads_a_local_pipeline_on_imagenet256s_protocol(tmp_path):
         {"_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
          "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"]}))
 
-    teacher = ImageNet256DiTTeacher(weights=tmp_path)
+    teacher = imagenet256_dit(weights=tmp_path)
     assert (teacher.name, teacher.guidance_scale, teacher.num_classes) == ("imagenet256-dit", 2.0, 10)
     assert teacher.shape == (4, 4, 4)
     assert teacher.reference == IMAGENET256.reference
