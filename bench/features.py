@@ -11,6 +11,7 @@ A feature space maps decoded images in [0, 1] to vectors:
 The real images' features are computed once per (teacher, space, real set, network) and cached as
 ``$GASBENCH_HOME/reference_features/<teacher>/<space>-<key>.npz`` (written atomically, read
 without pickle). Every record names the network, its sha256 and the real set that was used.
+Under torchrun the extraction is split over the processes (:meth:`FeatureSpace.extract_all`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gasbench import distributed
 from gasbench.errors import GasbenchError
 from gasbench.records import write_atomic
 from gasbench.weights import gasbench_home, real_images_dir
@@ -38,10 +40,19 @@ FID_REFERENCE_IMAGES = int(os.environ.get("GASBENCH_FID_REFERENCE_IMAGES", 2000)
 class FeatureSpace(ABC):
     name: str
     max_reference_images: int | None = None
+    batch_size: int = 1  # images per network call in :meth:`extract`
 
     @abstractmethod
     def extract(self, images: torch.Tensor, teacher) -> np.ndarray:
-        """Features (N, D) float64 of decoded images (N, C, H, W) in [0, 1]."""
+        """Features (N, D) float64 of decoded images (N, C, H, W) in [0, 1], in batches of ``batch_size``."""
+
+    def extract_all(self, images: torch.Tensor, teacher) -> np.ndarray:
+        """:meth:`extract`, split in a distributed run: each process extracts a contiguous block of
+        whole batches and the blocks are gathered in order on every process, so each image goes
+        through the network in the same batch as in one process and the features are bit-identical."""
+        batches = distributed.shard(range(-(-len(images) // self.batch_size)))
+        mine = images[batches.start * self.batch_size : batches.stop * self.batch_size]
+        return distributed.gather(torch.from_numpy(self.extract(mine, teacher))).numpy()
 
     @abstractmethod
     def network(self, teacher) -> dict[str, Any]:
@@ -53,9 +64,11 @@ class FeatureSpace(ABC):
         # the papers' teachers use the whole real set, as the FID protocol asks; the CPU teachers a subset
         if self.max_reference_images is not None and not teacher.full_reference_set:
             images = images[: self.max_reference_images]
+        with distributed.main_first():  # a network to download is fetched once
+            network = self.network(teacher)
         provenance = {
             "space": self.name,
-            **self.network(teacher),
+            **network,
             "reference": {"images": description, "count": int(images.shape[0]), "sha256": _tensor_sha256(images)},
         }
         key = hashlib.sha256(json.dumps(provenance, sort_keys=True).encode()).hexdigest()[:16]
@@ -66,10 +79,11 @@ class FeatureSpace(ABC):
                     return data["features"], provenance
             except (OSError, ValueError, KeyError) as exc:
                 raise GasbenchError(f"cached reference features {path} are unreadable ({exc}); delete the file and rerun.") from None
-        features = self.extract(images, teacher)
+        features = self.extract_all(images, teacher)
         buffer = io.BytesIO()
         np.savez(buffer, features=features)
-        write_atomic(path, buffer.getvalue())
+        # every process finds the file from now on, so they all skip this extraction together
+        distributed.on_main(lambda: write_atomic(path, buffer.getvalue()))
         return features, provenance
 
 
@@ -98,11 +112,12 @@ def _default_location(teacher) -> str:
 class InceptionSpace(FeatureSpace):
     name = "inception"
     max_reference_images = FID_REFERENCE_IMAGES
+    batch_size = 32
 
     def extract(self, images: torch.Tensor, teacher) -> np.ndarray:
         from gasbench import fid
 
-        return fid.fid_features(images, _fid_network()).astype(np.float64)
+        return fid.fid_features(images, _fid_network(), self.batch_size).astype(np.float64)
 
     def network(self, teacher) -> dict[str, Any]:
         return {**_fid_network().record(), "resize": "clean-fid clean (PIL bicubic to 299)"}
@@ -119,11 +134,12 @@ class ClassifierSpace(FeatureSpace):
     """Penultimate features of the classifier gasbench trained on a built-in teacher's data."""
 
     name = "classifier"
+    batch_size = 1000
 
     def extract(self, images: torch.Tensor, teacher) -> np.ndarray:
         from gasbench.teachers import classifier
 
-        return classifier.domain_features(images * 2 - 1, _classifier(teacher.name))
+        return classifier.domain_features(images * 2 - 1, _classifier(teacher.name), self.batch_size)
 
     def network(self, teacher) -> dict[str, Any]:
         from gasbench.teachers import classifier

@@ -61,7 +61,7 @@ class Evaluation:
         return self.reference
 
     def features(self, space: str) -> np.ndarray:
-        return self.once(("features", space), lambda: feature_space(space).extract(self.decoded(), self.teacher))
+        return self.once(("features", space), lambda: feature_space(space).extract_all(self.decoded(), self.teacher))
 
     def real_features(self, space: str) -> np.ndarray:
         return self.once(("real", space), lambda: feature_space(space).reference(self.teacher)[0])

@@ -12,7 +12,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import gasbench
+from gasbench import distributed
 from gasbench.errors import GasbenchError
 from gasbench.images import save_grid
 from gasbench.metrics import Evaluation, Metric, get_metric
@@ -62,6 +63,12 @@ class RunConfig:
     device: str = "auto"
     precision: str = "fp32"  # "bf16": the teacher's network under bfloat16 autocast
     reference_images: Optional[Path] = None  # real images for FID/precision/recall (user's set)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method, from --config
+    config_file: Optional[dict[str, str]] = None  # path and sha256 of the --config file
+
+    def resolved(self) -> dict[str, Any]:
+        """The configuration as a record stores it (JSON types; paths as strings)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
     def seed_ranges(self) -> list[list[int]]:
         """Seed set k is ``seed + k * num_samples ... + num_samples - 1``: disjoint, contiguous."""
@@ -77,9 +84,12 @@ class Cell:
     table: Table  # a SolverTable, or an AdaptiveTable (rows chosen per sample while sampling)
 
 
-def method_label(name: str, options: dict[str, Any]) -> str:
-    """Directory/leaderboard name of a method: its name plus any non-default options."""
-    return name + "".join(f"+{k}={v}" for k, v in sorted(options.items()))
+def method_label(name: str, options: dict[str, Any], defaults: Optional[dict[str, Any]] = None) -> str:
+    """Directory/leaderboard name of a method: its name plus the options that differ from
+    ``defaults`` (all given options without them), sorted."""
+    defaults = defaults or {}
+    changed = {k: v for k, v in options.items() if k not in defaults or str(defaults[k]).lower() != str(v).lower()}
+    return name + "".join(f"+{k}={v}" for k, v in sorted(changed.items()))
 
 
 def build_cells(config: RunConfig, teacher) -> list[Cell]:
@@ -97,8 +107,9 @@ def build_cells(config: RunConfig, teacher) -> list[Cell]:
         used_args |= options.keys()
         if config.schedule is not None:
             options["schedule"] = config.schedule
+        options.update(config.method_options.get(name, {}))
         solver = cls(**options)
-        label = method_label(entry.name, options)
+        label = method_label(entry.name, options, cls.options)
         for nfe in config.nfes:
             # a learned solver holds the parameters of one NFE, so each cell gets its own
             cell_solver = cls(**options) if solver.learned else solver
@@ -130,16 +141,24 @@ def run(config: RunConfig, console: Optional[Console] = None,
     """Run every (method, NFE) cell of ``config``, plus the teacher's own row; returns the records
     (new or reused), the teacher's first if it has one. ``timings``, if given, receives the
     seconds this call spent per method (training data, training and sampling; reused cells
-    cost nothing) and on the teacher's reference solutions."""
+    cost nothing) and on the teacher's reference solutions.
+
+    Launched by torchrun, the processes share the work (:mod:`gasbench.distributed`) and write
+    the same records as one process; only rank 0 writes files and reports progress."""
+    distributed.init_from_env()
     timings = {} if timings is None else timings
     console = console or Console(stderr=True)
+    if not distributed.is_main():
+        console = Console(stderr=True, quiet=True)
     for name in config.methods or []:
         SOLVERS.resolve(name)  # unknown names fail before the teacher is loaded
-    teacher = load_teacher(config.teacher, config.weights, config.device, config.precision)
+    with distributed.main_first():  # weights to download or convert are fetched once
+        teacher = load_teacher(config.teacher, config.weights, config.device, config.precision)
     if config.reference_images is not None:
         teacher.reference_images = Path(config.reference_images)
     if config.batch_size == AUTO_BATCH:
-        config = replace(config, batch_size=auto_batch_size(teacher))
+        # batches are the unit of work split over processes, so all of them take one size
+        config = replace(config, batch_size=distributed.smallest(auto_batch_size(teacher)))
         console.print(f"batch size {config.batch_size} (from free memory on {teacher.device})")
     metrics = [get_metric(name) for name in (config.metrics or teacher.default_metrics)]
     cells = build_cells(config, teacher)
@@ -150,13 +169,17 @@ def run(config: RunConfig, console: Optional[Console] = None,
     if config.seed_sets < 1:
         raise GasbenchError(f"--seeds must be at least 1, got {config.seed_sets}.")
     ensure_writable(config.results_dir)
+    with distributed.main_first():  # paired metrics' networks (LPIPS) are fetched once
+        for m in metrics:
+            if m.paired:
+                m.describe(teacher)
     for m in metrics:  # a missing real-image set or metric network stops the run before any solve
         if not m.paired:
             m.describe(teacher)
     seed_sets = config.seed_ranges()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*columns, console=console, transient=False, disable=not distributed.is_main()) as progress:
         references, conditions = [], []
         ref = teacher.reference
         start = time.perf_counter()
@@ -167,7 +190,7 @@ def run(config: RunConfig, console: Optional[Console] = None,
             solved = cache.load()
             references.append(solved["x0"])
             conditions.append(solved.get("cond"))
-        save_reference_grid(teacher, references[0], config.results_dir)
+        distributed.on_main(lambda: save_reference_grid(teacher, references[0], config.results_dir))
         teacher_record = record_teacher(config, teacher, metrics, seed_sets, references, conditions)
         records = [teacher_record] if teacher_record is not None else []
         timings[TEACHER_LABEL] = time.perf_counter() - start
@@ -189,8 +212,9 @@ def _score(metrics: list[Metric], evaluations: list[Evaluation]) -> dict[str, An
     return out
 
 
-def _common_fields(teacher, metrics: list[Metric], seed_sets, identity) -> dict[str, Any]:
+def _common_fields(config: RunConfig, teacher, metrics: list[Metric], seed_sets, identity) -> dict[str, Any]:
     return {
+        "run_config": config.resolved(),
         "schema": SCHEMA_VERSION,
         "identity": identity,
         "teacher": teacher.describe(),
@@ -230,7 +254,7 @@ def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
         return existing
     evaluations = [Evaluation(reference, None, teacher, cond) for reference, cond in zip(references, conditions)]
     record = {
-        **_common_fields(teacher, unpaired, seed_sets, identity),
+        **_common_fields(config, teacher, unpaired, seed_sets, identity),
         "method": TEACHER_LABEL,
         "solver": {"name": ref.solver, "learned": False, "reference": True, **ref.to_dict()},
         "nfe": ref.nfe,
@@ -238,7 +262,7 @@ def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
         "training": None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json_atomic(out_dir / "metrics.json", record)
+    distributed.on_main(lambda: write_json_atomic(out_dir / "metrics.json", record))
     return record
 
 
@@ -268,9 +292,8 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
     wall = time.perf_counter() - start
     batches = sum(-(-len(seeds) // config.batch_size) for seeds in seed_sets)
     scores = _score(metrics, evaluations)
-    save_grid(teacher.decode(evaluations[0].samples[:GRID_SIZE]), out_dir / "samples.png")
     record = {
-        **_common_fields(teacher, metrics, seed_sets, identity),
+        **_common_fields(config, teacher, metrics, seed_sets, identity),
         "method": cell.label,
         "solver": {"name": cell.solver.name, "learned": cell.solver.learned, **solver_config,
                    "hash": identity["solver_hash"]},
@@ -284,7 +307,12 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
         "training": cell.solver.summary if cell.solver.learned else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json_atomic(out_dir / "metrics.json", record)
+
+    def write() -> None:
+        save_grid(teacher.decode(evaluations[0].samples[:GRID_SIZE]), out_dir / "samples.png")
+        write_json_atomic(out_dir / "metrics.json", record)
+
+    distributed.on_main(write)
     return record
 
 
@@ -301,6 +329,10 @@ def prepare_learned(teacher, cell: Cell, out_dir: Path, progress: Progress) -> T
             cache.generate(on_samples=lambda n, task=task: progress.advance(task, n))
             data.append({k: v for k, v in cache.load().items() if k in ("noise", "x0", "cond")})
         solver.fit(teacher, nfe, *data, progress=progress, checkpoint_path=out_dir / "fit-checkpoint.pt")
-        solver.save_state(out_dir, teacher, nfe)
-        (out_dir / "fit-checkpoint.pt").unlink(missing_ok=True)
+
+        def write() -> None:
+            solver.save_state(out_dir, teacher, nfe)
+            (out_dir / "fit-checkpoint.pt").unlink(missing_ok=True)
+
+        distributed.on_main(write)
     return solver.table(teacher, nfe)

@@ -2,6 +2,7 @@
 
 Sample i always uses its own seed's generator (EDM's convention), so a sample never depends on
 the batch size: noise first, then the condition, from ``torch.Generator().manual_seed(seed)``.
+Under torchrun the batches are split over the processes (:mod:`gasbench.distributed`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
+from gasbench import distributed
 from gasbench.solvers.executor import ExecutionStats, Table, execute
 
 
@@ -53,13 +55,29 @@ def sample_seeds(
     stats: Optional[ExecutionStats] = None,
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> torch.Tensor:
-    """Solve from every seed's noise with ``table``; returns float32 samples in seed order."""
-    out = []
-    for start in range(0, len(seeds), batch_size):
-        chunk = seeds[start : start + batch_size]
+    """Solve from every seed's noise with ``table``; returns float32 samples in seed order.
+
+    In a distributed run each process solves a contiguous block of the batches (of
+    ``batch_size`` seeds) one process would solve, and every process returns all samples: each
+    sample is computed in the same batch either way, so the result is bit-identical. ``stats``
+    then counts every process's evaluations, and ``on_batch`` hears of the other processes'
+    samples once they are gathered."""
+    batches = [seeds[start : start + batch_size] for start in range(0, len(seeds), batch_size)]
+    mine = ExecutionStats()
+    out = [torch.empty((0, *teacher.shape))]  # a process with no batch still joins the gather
+    for chunk in distributed.shard(batches):
         noise, cond = noise_and_conditions(teacher, chunk)
         x_T = noise * teacher.sigma_max
-        out.append(execute(table, teacher.denoiser(cond), x_T, stats=stats).float())
+        out.append(execute(table, teacher.denoiser(cond), x_T, stats=mine).float())
         if on_batch is not None:
             on_batch(len(chunk))
-    return torch.cat(out)
+    local = torch.cat(out)
+    samples = distributed.gather(local)
+    if stats is not None:
+        nfe, seconds, total = distributed.sum_over_ranks([mine.nfe, mine.denoiser_seconds, mine.total_seconds])
+        stats.nfe += int(nfe)
+        stats.denoiser_seconds += seconds
+        stats.total_seconds += total
+    if on_batch is not None and len(samples) > len(local):
+        on_batch(len(samples) - len(local))
+    return samples

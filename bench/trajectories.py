@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from gasbench import distributed
 from gasbench.errors import GasbenchError
 from gasbench.records import write_atomic, write_json_atomic
 from gasbench.registry import SOLVERS
@@ -179,14 +180,19 @@ class TrajectoryCache:
         return tensors
 
     def generate(self, batch_size: int = 256, on_samples: Optional[Callable[[int], None]] = None) -> None:
-        """Write every missing shard; shards already on disk are checked and kept (resume)."""
+        """Write every missing shard; shards already on disk are checked and kept (resume).
+
+        In a distributed run each process writes a contiguous block of the shards and returns when
+        every shard is written; ``on_samples`` hears of the other processes' shards at the end."""
         ref = self.teacher.reference
         table = SOLVERS.get(ref.solver)(schedule=ref.schedule, **ref.options).table(self.teacher, ref.nfe)
         if self.states:
             self.state_indices(table.nfe)  # too many states: stop before writing anything
         self.directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.directory / "manifest.json", self.key)
-        for index in range(self.num_shards):
+        if distributed.is_main():
+            write_json_atomic(self.directory / "manifest.json", self.key)
+        done = 0
+        for index in distributed.shard(range(self.num_shards)):
             seeds = list(self.seeds[index * self.shard_size : (index + 1) * self.shard_size])
             if self.shard_path(index).is_file():
                 self._read_shard(index)  # a damaged shard stops here with a clear message
@@ -196,8 +202,12 @@ class TrajectoryCache:
                 if cond is not None:
                     tensors["cond"] = cond
                 write_atomic(self.shard_path(index), save(tensors, metadata={"key": self.digest}))
+            done += len(seeds)
             if on_samples is not None:
                 on_samples(len(seeds))
+        distributed.barrier()
+        if on_samples is not None and done < len(self.seeds):
+            on_samples(len(self.seeds) - done)
 
     def load(self) -> dict[str, torch.Tensor]:
         """All shards concatenated in seed order (shards are numbered, read numerically)."""

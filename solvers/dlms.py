@@ -57,6 +57,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from gasbench import distributed
 from gasbench.errors import GasbenchError
 from gasbench.registry import register_solver
 from gasbench.solvers.executor import AdaptiveRun, AdaptiveTable, PerSampleTable, execute, per_sample
@@ -301,6 +302,7 @@ class DLMSSolver(LearnedSolver):
             value = self.finite_loss(loss, iteration, nfe, f", step {n}")
             loss.backward()
             total += value
+        distributed.average_gradients(params.values(), len(batch["noise"]))
         torch.nn.utils.clip_grad_norm_(list(params.values()), self.config["grad_clip"])
         optimizer.step()
         return total

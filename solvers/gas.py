@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gasbench import distributed
 from gasbench.registry import register_solver
 from gasbench.solvers.discriminator import CompactDiscriminator
 from gasbench.solvers.gs import GeneralizedSolver
@@ -105,13 +106,17 @@ class GeneralizedAdversarialSolver(GeneralizedSolver):
         loss = (relativistic_loss(real_logits, fake_logits) + self.config["gamma"] / 2 * penalties).mean()
         self.disc_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(disc.parameters(), len(real))
         self.disc_optimizer.step()
         disc.requires_grad_(False)
 
     def training_loss(self, params, teacher, nfe: int, batch: dict[str, torch.Tensor], generator: torch.Generator,
                       checkpointing: bool = False) -> torch.Tensor:
         cond, real = batch.get("cond"), batch["x0"]
-        fresh = torch.randn(batch["noise"].shape, generator=generator, dtype=batch["noise"].dtype)
+        # drawn for the whole batch by every process (a distributed fit keeps the generators in
+        # step), each keeping its slice of it, as of the batch
+        shape = (distributed.total(len(real)), *batch["noise"].shape[1:])
+        fresh = distributed.shard(torch.randn(shape, generator=generator, dtype=batch["noise"].dtype))
         with torch.no_grad():
             fake = self.solve(params, teacher, nfe, fresh, cond)
         self.discriminator_step(fake, real, cond)

@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file, save
 from torch.utils.checkpoint import checkpoint
 
+from gasbench import distributed
 from gasbench.errors import GasbenchError
 from gasbench.records import write_atomic
 from gasbench.solvers.base import Solver
@@ -195,9 +196,11 @@ class LearnedSolver(Solver):
                       batch: dict[str, torch.Tensor], generator: torch.Generator, iteration: int) -> float:
         """One optimiser update of ``params`` on ``batch`` (loss, NaN/inf stop, backward, gradient
         clipping, step); returns the loss. What :meth:`fit` runs each iteration and
-        `gasbench bench training` times. With the relaxed objective (:meth:`start_radius` > 0) the
-        student starts from the batch's noise plus each pair's offset, and the offsets take a
-        projected step too; parameters outside :meth:`trainable` keep their values."""
+        `gasbench bench training` times. In a distributed fit ``batch`` is this process's slice
+        and the gradients are averaged over the whole batch before clipping. With the relaxed
+        objective (:meth:`start_radius` > 0) the student starts from the batch's noise plus each
+        pair's offset, and the offsets take a projected step too; parameters outside
+        :meth:`trainable` keep their values."""
         cfg = self.config
         shift = None
         if self.start_offsets is not None and "index" in batch:
@@ -212,12 +215,14 @@ class LearnedSolver(Solver):
             for name, p in params.items():
                 if name not in trainable:
                     p.grad = None
+        distributed.average_gradients(params.values(), len(batch["noise"]))
         torch.nn.utils.clip_grad_norm_([p for p in params.values() if p.grad is not None], cfg["grad_clip"])
         optimizer.step()
         if shift is not None and shift.grad is not None:
             direction = shift.grad / per_sample(_norms(shift.grad), shift.grad)
-            moved = shift.detach() - RELAXED_STEP * self.radius * direction
-            self.start_offsets[batch["index"]] = project_to_ball(moved, self.radius)
+            moved = project_to_ball(shift.detach() - RELAXED_STEP * self.radius * direction, self.radius)
+            # each process moved its slice's offsets; every process keeps all of them
+            self.start_offsets[distributed.gather(batch["index"])] = distributed.gather(moved)
         return value
 
     def finite_loss(self, loss: torch.Tensor, iteration: int, nfe: int, where: str = "") -> float:
@@ -277,12 +282,24 @@ class LearnedSolver(Solver):
         task to. ``checkpoint_path``: where to checkpoint every ``checkpoint_every`` iterations
         and at the end; an existing checkpoint of the same configuration is resumed (the budget
         may have grown), one of another configuration is an error.
+
+        Under torchrun (:mod:`gasbench.distributed`) every process draws the same batch, trains on
+        its contiguous slice, and the gradients are averaged over the whole batch before clipping,
+        so all processes keep the same parameters, equal to a single-process fit's up to the
+        floating-point summation order; only rank 0 writes checkpoints. The validation losses are
+        computed by each process on all validation pairs.
         """
         cfg = self.config
         for name, data in (("train", train), ("validation", validation)):
             missing = {"noise", "x0"} - set(data)
             if missing or len(data["x0"]) == 0:
                 raise GasbenchError(f"{self.name} fit needs non-empty {name} data with noise and x0 (missing: {sorted(missing)}).")
+        batch_size = min(cfg["batch_size"], len(train["x0"]))
+        if batch_size < distributed.world_size():
+            raise GasbenchError(
+                f"{self.name} fit: a batch of {batch_size} pairs cannot be split over {distributed.world_size()} processes; "
+                f"raise batch_size (--solver-arg batch_size=...) or start fewer processes."
+            )
         start_time = time.perf_counter()
         params = {k: v.detach().clone().requires_grad_(True) for k, v in self.parameters_for(teacher, nfe).items()}
         ema = {k: v.detach().clone() for k, v in params.items()}
@@ -315,7 +332,7 @@ class LearnedSolver(Solver):
             initial_loss = self.evaluate(params, teacher, nfe, validation)
 
         def save_checkpoint(iteration: int) -> None:
-            if checkpoint_path is None:
+            if checkpoint_path is None or not distributed.is_main():
                 return
             buffer = io.BytesIO()
             torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "iteration": iteration,
@@ -334,11 +351,11 @@ class LearnedSolver(Solver):
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("eta"),
                        TimeRemainingColumn())
-            bar = display = Progress(*columns, disable=not progress)
+            bar = display = Progress(*columns, disable=not progress or not distributed.is_main())
         with display:
             task = bar.add_task(f"[bold]fit {self.name} NFE {nfe}", total=cfg["iterations"], completed=start, loss=math.nan)
             for iteration in range(start, cfg["iterations"]):
-                index = torch.randint(size, (min(cfg["batch_size"], size),), generator=generator)
+                index = distributed.shard(torch.randint(size, (batch_size,), generator=generator))
                 batch = {**{k: v[index] for k, v in train.items()}, "index": index}
                 value = self.training_step(params, optimizer, teacher, nfe, batch, generator, iteration)
                 # EMA with the usual warm-up (torch_ema's num_updates, which the GAS code uses):
