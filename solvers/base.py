@@ -64,6 +64,8 @@ class Solver(ABC):
 
 
 def _coerce(solver: str, key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # a YAML config's `1` for a float option is the same configuration as 1.0
     if not isinstance(value, str) or default is None or isinstance(default, str):
         return value
     try:
