@@ -14,11 +14,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from gasbench import distributed
 from gasbench.errors import GasbenchError
 from gasbench.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS, import_plugin
 from gasbench.teachers.load import load_teacher
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, help=__doc__)
+# typer >= 0.24 vendors its own click: its usage errors are not click's classes
+try:
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:
+    _TyperClickException = click.ClickException
+USAGE_ERRORS = (click.ClickException, _TyperClickException)
+ABORTS = (click.exceptions.Abort, typer.Abort)
+
+app = typer.Typer(add_completion=True, no_args_is_help=False, help=__doc__)
 teacher_app = typer.Typer(help="Train or inspect teachers.")
 bench_app = typer.Typer(help="Speed and memory benchmarks that print figures.")
 data_app = typer.Typer(help="The teacher-trajectory cache.")
@@ -58,6 +67,38 @@ def _key_values(pairs: Optional[list[str]]) -> dict[str, str]:
     return out
 
 
+def _run_config(values: dict, source: str):
+    """A RunConfig from option values as the command line or a YAML file gives them."""
+    from gasbench.config import split_methods
+    from gasbench.runner import RunConfig
+
+    def listed(value) -> list[str]:
+        return _split([str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)])
+
+    names, per_method = split_methods(values["methods"] if not isinstance(values["methods"], list)
+                                      else ",".join(map(str, values["methods"])), source)
+    solver_args = values["solver_args"]
+    if isinstance(solver_args, dict):
+        solver_args = {str(k): v for k, v in solver_args.items()}
+    else:
+        solver_args = _key_values(solver_args)
+    def optional_path(value) -> Optional[Path]:
+        return None if value is None else Path(value)
+
+    try:
+        return RunConfig(
+            teacher=str(values["dataset"]), methods=names or None, nfes=_ints(listed(values["nfe"]), "--nfe"),
+            seed=int(values["seed"]), num_samples=None if values["num_samples"] is None else int(values["num_samples"]),
+            batch_size=_batch_size(str(values["batch_size"])), results_dir=Path(values["results_dir"]),
+            schedule=values["schedule"], solver_args=solver_args, overwrite=bool(values["overwrite"]),
+            metrics=listed(values["metrics"]) if values["metrics"] else None, seed_sets=int(values["seeds"]),
+            weights=optional_path(values["weights"]), device=str(values["device"]), precision=str(values["precision"]),
+            reference_images=optional_path(values["reference_images"]), method_options=per_method,
+        )
+    except (TypeError, ValueError) as exc:
+        raise GasbenchError(f"{source}: an option has a value of the wrong type ({exc}).") from None
+
+
 def _batch_size(text: str) -> int:
     from gasbench.sampling import AUTO_BATCH
 
@@ -69,8 +110,19 @@ def _batch_size(text: str) -> int:
     return value[0]
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+  gasbench run                                              # every method on the built-in digits teacher
+
+  gasbench run -m gas,s4s -d afhqv2 --nfe 4,6 --device cuda --precision bf16 --reference-images afhqv2-64x64.zip
+
+  gasbench run -d diffusers:google/ddpm-cifar10-32 -m unipc,gs --nfe 4
+
+  gasbench run --config configs/paper/cifar10_gs.yaml -n 5000       # the file's options, -n from the command line
+
+  torchrun --nproc_per_node=2 -m gasbench run -d cifar10 -m dpmpp3m  # shard sampling over 2 processes""")
 def run(
+    ctx: typer.Context,
     methods: Optional[list[str]] = typer.Option(None, "--methods", "-m", help="Comma-separated methods; default: all registered."),
     dataset: str = typer.Option("digits", "--dataset", "-d", help="Teacher name (see `gasbench list teachers`)."),
     nfe: list[str] = typer.Option(["4,6,8,10"], "--nfe", help="Comma-separated NFE values."),
@@ -87,27 +139,39 @@ def run(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N: where the teacher's network runs."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 to run the teacher's network under bfloat16 autocast."),
     reference_images: Optional[Path] = typer.Option(None, "--reference-images", help="Real images (folder, .zip or .npz) for fid/precision/recall on teachers without built-in data."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A YAML file of these options (methods may carry their own options); the command line wins. See configs/paper/."),
     plugin: Optional[list[str]] = PluginOption,
 ):
     """Sample every method on the same seeds, score against the teacher, record one file per cell.
 
     --dataset takes a registered teacher (`gasbench teachers`) or diffusers:<hub id or folder>."""
-    from gasbench.runner import RunConfig
     from gasbench.runner import run as run_benchmark
     from gasbench.tables import render
 
     _load_plugins(plugin)
-    if schedule is not None:
-        SCHEDULES.resolve(schedule)
-    config = RunConfig(
-        teacher=dataset, methods=_split(methods) or None, nfes=_ints(nfe, "--nfe"), seed=seed,
-        num_samples=num_samples, batch_size=_batch_size(batch_size), results_dir=results_dir,
-        schedule=schedule, solver_args=_key_values(solver_arg), overwrite=overwrite,
-        metrics=_split(metrics) or None, seed_sets=seeds, weights=weights, device=device, precision=precision,
-        reference_images=reference_images,
-    )
+    values = dict(methods=methods, dataset=dataset, nfe=nfe, seed=seed, num_samples=num_samples, batch_size=batch_size,
+                  results_dir=results_dir, schedule=schedule, solver_args=solver_arg, metrics=metrics, seeds=seeds,
+                  overwrite=overwrite, weights=weights, device=device, precision=precision, reference_images=reference_images)
+    config_provenance = None
+    if config_file is not None:
+        from gasbench.config import file_provenance, read_config
+
+        parameter = {"solver_args": "solver_arg"}
+        for key, value in read_config(config_file).items():
+            # typer vendors its own click, so the source is compared by name
+            source = ctx.get_parameter_source(parameter.get(key, key))
+            if source is None or source.name == "DEFAULT":
+                values[key] = value
+        config_provenance = file_provenance(config_file)
+    config = _run_config(values, str(config_file or "the command line"))
+    config.config_file = config_provenance
+    if config.schedule is not None:
+        SCHEDULES.resolve(config.schedule)
+    results_dir = config.results_dir
     start, timings = time.perf_counter(), {}
     records = run_benchmark(config, err_console, timings)
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return
     total = time.perf_counter() - start
     err_console.print(f"{len(records)} cells recorded under {results_dir} in {total:.1f} s")
     if total > 0:
@@ -117,7 +181,7 @@ def run(
     console.print(render(results_dir, (config.metrics or [])[:1] or None, "markdown", teacher=records[0]["teacher"]["name"]))
 
 
-@app.command()
+@app.command(epilog="Examples:\n\n  gasbench table --metric fd,rmse --teacher digits\n\n  gasbench table --with-paper --teacher cifar10 -m gs,gas\n\n  gasbench table --format latex --into paper.tex")
 def table(
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where records were written."),
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="Comma-separated metrics to tabulate (see `gasbench list metrics`); default: each teacher's first."),
@@ -139,7 +203,7 @@ def table(
         write_into(into, text, block)
 
 
-@app.command()
+@app.command(epilog="Example: gasbench show results/digits/gs/nfe4")
 def show(
     cell: Path = typer.Argument(..., help="A learned method's cell directory, e.g. results/digits/gs/nfe4."),
     decimals: int = typer.Option(4, "--decimals", help="Digits after the point in the coefficient tables."),
@@ -181,7 +245,7 @@ def show(
     console.print(f"output noise level: {table.sigma_final:.5g}")
 
 
-@app.command("list")
+@app.command("list", epilog="Examples: gasbench list solvers; gasbench list teachers --plugin my_solvers.py")
 def list_(
     what: Optional[str] = typer.Argument(None, help="solvers, teachers, schedules or metrics; default: all."),
     plugin: Optional[list[str]] = PluginOption,
@@ -208,7 +272,7 @@ def list_(
         console.print(out)
 
 
-@app.command()
+@app.command(epilog="Example: gasbench teachers --check")
 def teachers(
     check: bool = typer.Option(False, "--check", help="Hash the weights files found and compare them with the pins."),
     plugin: Optional[list[str]] = PluginOption,
@@ -243,7 +307,44 @@ def teachers(
     console.print("Also: --dataset diffusers:<hub id or folder> wraps any diffusers pipeline (hub downloads need a connection).")
 
 
-@app.command("import-release")
+@app.command(epilog="Example: gasbench report --results-dir results --out report.html")
+def report(
+    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where records were written."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The HTML file to write; default: <results-dir>/report.html."),
+):
+    """Write one self-contained HTML page of the results: leaderboards, metrics against NFE, sample
+    grids, learned time steps and coefficients, training cost."""
+    from gasbench.report import write_report
+
+    console.print(f"wrote {write_report(results_dir, out)}")
+
+
+@app.command(epilog="Example: gasbench export results/diffusers-ddpm-cifar10-32/gs/nfe4 schedulers/gs4 --to diffusers")
+def export(
+    cell: Path = typer.Argument(..., help="A result cell, e.g. results/diffusers-ddpm-cifar10-32/gs/nfe4."),
+    out: Path = typer.Argument(..., help="Directory to write scheduler_config.json to."),
+    to: str = typer.Option("diffusers", "--to", help="Export format; diffusers (a scheduler) is the one there is."),
+    teacher: Optional[str] = typer.Option(
+        None, "--teacher", help="Load the cell's teacher from here, e.g. diffusers:<folder or hub id> (default: the "
+                                "name or folder the cell records)."),
+    plugin: Optional[list[str]] = PluginOption,
+):
+    """A cell's solver as a diffusers scheduler that reproduces gasbench's sampling with it (GAS Eq. 13)."""
+    if to != "diffusers":
+        raise GasbenchError(f"--to {to!r}: the only export format is diffusers.")
+    _load_plugins(plugin)
+    from gasbench.diffusers_export import export_cell  # imports diffusers: only when exporting
+
+    scheduler = export_cell(cell, out, teacher)
+    source = scheduler.config.source
+    console.print(f"wrote {Path(out) / scheduler.config_name}: {source['solver']} for teacher '{source['teacher']}' "
+                  f"at NFE {scheduler.nfe}", highlight=False)
+    console.print(f"use: from gasbench.diffusers_export import GasbenchScheduler; pipe.scheduler = "
+                  f"GasbenchScheduler.from_pretrained({str(out)!r}); pipe(num_inference_steps={scheduler.nfe})",
+                  highlight=False, markup=False)
+
+
+@app.command("import-release", epilog="Example: gasbench import-release GAS-students/edm/cifar10/gas_nfe4.pt -d cifar10 --kind gas")
 def import_release(
     path: Path = typer.Argument(..., help="A student file of the GAS release (bayes-group-diffusion/GAS-students)."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="The teacher the student was trained for (e.g. cifar10)."),
@@ -261,7 +362,7 @@ def import_release(
                   f"`gasbench run -d {dataset} -m {kind.lower()}-release --nfe {cell.name[3:]} --results-dir {results_dir}`")
 
 
-@teacher_app.command("train")
+@teacher_app.command("train", epilog="Example: gasbench teacher train digits --out digits.safetensors")
 def teacher_train(
     name: str = typer.Argument("digits", help="Built-in teacher to train: digits or fashion."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the safetensors weights (default NAME.safetensors)."),
@@ -285,7 +386,7 @@ def teacher_train(
     console.print(f"wrote {out} (sha256 {sha}), {same} the committed weights")
 
 
-@teacher_app.command("train-classifier")
+@teacher_app.command("train-classifier", epilog="Example: gasbench teacher train-classifier fashion --out fashion-classifier.safetensors")
 def teacher_train_classifier(
     name: str = typer.Argument(..., help="Dataset of a built-in teacher: digits or fashion."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the weights (default NAME-classifier.safetensors)."),
@@ -307,7 +408,7 @@ def teacher_train_classifier(
     console.print(f"wrote {out} (test accuracy {metadata['test_accuracy']:.4f}, sha256 {sha}), {same} the committed weights")
 
 
-@data_app.command("info")
+@data_app.command("info", epilog="Example: gasbench data info")
 def data_info():
     """List the cached teacher trajectories: teacher, seeds, reference solver, shards, size."""
     from gasbench.trajectories import cache_root, describe_caches
@@ -322,7 +423,7 @@ def data_info():
     console.print(out if rows else f"no trajectory caches under {cache_root()}")
 
 
-@bench_app.command("overhead")
+@bench_app.command("overhead", epilog="Example: gasbench bench overhead -d digits --nfe 4,10 --batch-size 256")
 def bench_overhead(
     dataset: str = typer.Option("digits", "--dataset", "-d"),
     methods: Optional[list[str]] = typer.Option(None, "--methods", "-m", help="Default: every handcrafted solver."),
@@ -348,7 +449,7 @@ def bench_overhead(
     console.print(out)
 
 
-@bench_app.command("training")
+@bench_app.command("training", epilog="Example: gasbench bench training -m gs -d fashion --nfe 4")
 def bench_training(
     method: str = typer.Option("gs", "--method", "-m", help="A learned method."),
     dataset: str = typer.Option("digits", "--dataset", "-d"),
@@ -376,7 +477,7 @@ def bench_training(
     console.print(out)
 
 
-@bench_app.command("metrics")
+@bench_app.command("metrics", epilog="Example: gasbench bench metrics -d digits -n 200 --metrics fd,fid,lpips-vgg")
 def bench_metrics(
     dataset: str = typer.Option("digits", "--dataset", "-d"),
     metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Default: the teacher's metrics plus fid, lpips-alex and lpips-vgg."),
@@ -411,10 +512,10 @@ def main() -> None:
             traceback.print_exc()
         err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except ABORTS:
         err_console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except USAGE_ERRORS as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
@@ -423,5 +524,5 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001  (last resort: never a bare traceback for users)
         if debug:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} (rerun with --debug for the traceback)")
         sys.exit(1)
