@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 import traceback
@@ -104,10 +105,10 @@ def _batch_size(text: str) -> int:
 
     if text.strip().lower() == "auto":
         return AUTO_BATCH
-    value = _ints([text], "--batch-size")
-    if len(value) != 1 or value[0] < 1:
+    value = text.strip()
+    if not value.isdigit() or int(value) < 1:
         raise GasbenchError(f"--batch-size expects a positive integer or 'auto', got {text!r}.")
-    return value[0]
+    return int(value)
 
 
 @app.command(epilog="""Examples:
@@ -165,6 +166,7 @@ def run(
         config_provenance = file_provenance(config_file)
     config = _run_config(values, str(config_file or "the command line"))
     config.config_file = config_provenance
+    config.command = shlex.join(["gasbench", *sys.argv[1:]])  # recorded, to rerun it
     if config.schedule is not None:
         SCHEDULES.resolve(config.schedule)
     results_dir = config.results_dir
@@ -344,6 +346,25 @@ def export(
                   highlight=False, markup=False)
 
 
+@app.command(epilog="Examples:\n\n  gasbench verify results/digits/gs/nfe4\n\n  gasbench verify results/digits/euler/nfe6 --samples 16 --all-seeds")
+def verify(
+    cell: Path = typer.Argument(..., help="A result cell, e.g. results/digits/gs/nfe4."),
+    samples: int = typer.Option(8, "--samples", "-k", help="How many of the first evaluation seeds to re-sample (1-16)."),
+    all_seeds: bool = typer.Option(False, "--all-seeds", help="Also re-sample every seed set and compare its sha256."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where to re-sample; default: the device the record was computed on."),
+    plugin: Optional[list[str]] = PluginOption,
+):
+    """Re-sample a cell's first evaluation seeds and check them, the teacher's weights and the solver
+    (configuration hash; learned: saved state's sha256) against its record; exit 1 on a mismatch."""
+    from gasbench.verify import verify_cell
+
+    _load_plugins(plugin)
+    result = verify_cell(cell, samples, all_seeds, device)
+    console.print(result.render(), highlight=False, markup=False)
+    if not result.ok:
+        sys.exit(1)  # not typer.Exit: main() runs the app with standalone_mode=False, which returns its code
+
+
 @app.command("import-release", epilog="Example: gasbench import-release GAS-students/edm/cifar10/gas_nfe4.pt -d cifar10 --kind gas")
 def import_release(
     path: Path = typer.Argument(..., help="A student file of the GAS release (bayes-group-diffusion/GAS-students)."),
@@ -510,7 +531,8 @@ def main() -> None:
     except GasbenchError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        # escaped: a message quoting the user's input ("[/b]") must not be read as console markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         sys.exit(2)
     except ABORTS:
         err_console.print("aborted")

@@ -7,43 +7,89 @@ Layout::
 
 Record schema (version 2): ``teacher`` (name, sha256, shape, reference solver), ``method``
 (``teacher`` for the teacher's own row), ``nfe`` (requested), ``nfe_measured`` (denoiser calls per
-sample counted by the executor), ``solver`` (resolved options and their hash), ``metrics`` (name ->
-mean over seed sets), ``metrics_std`` and ``metrics_per_seed_set`` (with several seed sets),
-``metric_provenance`` (per metric: networks and their sha256, reference images), ``num_samples``
-(all seed sets), ``seeds`` ([[first, last], ...] per seed set), ``conditions``, ``wall_time_s``,
-``peak_memory_mb``, ``training`` (null for handcrafted solvers), ``versions`` (gasbench, torch,
-python, code revision), ``created``. Records of another schema version are ignored (recomputed).
+sample counted by the executor), ``solver`` (resolved options, their hash and, learned, the saved
+state's ``state_sha256``), ``metrics`` (name -> mean over seed sets), ``metrics_std`` and
+``metrics_per_seed_set`` (with several seed sets), ``metric_provenance`` (per metric: networks and
+their sha256, reference images), ``num_samples`` (all seed sets), ``seeds`` ([[first, last], ...]
+per seed set), ``conditions``, ``sample_checksums`` (what `gasbench verify` compares, see
+:mod:`gasbench.verify`), ``wall_time_s``, ``peak_memory_mb``, ``training`` (null for handcrafted
+solvers), ``run_config`` (the resolved run configuration and its command line), ``versions``
+(gasbench, torch, numpy, python, code revision), ``environment`` (platform, device, CPU threads;
+GPU, CUDA and cuDNN on a GPU), ``created``. Records of another schema version are ignored
+(recomputed). The same command run twice writes the same records but for :data:`VOLATILE_FIELDS`.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from gasbench.errors import GasbenchError
+from gasbench.faults import fault_point
 
 SCHEMA_VERSION = 2
 TEACHER_LABEL = "teacher"  # the method name of the teacher's own row
+# what two runs of the same command may record differently: clocks, dates, memory ("a.b": b inside a)
+VOLATILE_FIELDS = ("created", "wall_time_s", "denoiser_time_s", "peak_memory_mb", "training.wall_time_s")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never a partial file."""
+    """Write ``data`` to ``path`` through a temporary file and a rename: never a partial file.
+
+    The temporary file, ``.<name>.<host>-<pid>.<random>.tmp`` beside ``path``, is never read (no
+    reader looks for hidden ``.tmp`` names). One that a killed writer left behind is removed by the
+    next write of ``path`` on the same host once that writer's process is gone."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            fault_point(f"write-partial:{path.name}")
+            fh.write(data[len(data) // 2 :])
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
+        fault_point(f"write-rename:{path.name}")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a lost mount: say which file, keep the old one
+            raise GasbenchError(
+                f"cannot write {path}: {exc.strerror or exc}. The file there, if any, is unchanged. Free some "
+                f"space or choose a writable directory (--results-dir; $GASBENCH_HOME for caches) and rerun: "
+                f"completed cells are kept."
+            ) from exc
         raise
+    _remove_stale_temps(path)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{socket.gethostname()}-"
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the temporary files of ``path`` whose writer, a process on this host, has exited:
+    what a kill during :func:`write_atomic` leaves. Another host's or a live process's are kept."""
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return
+    prefix = _temp_prefix(path)
+    for temp in path.parent.glob(glob.escape(prefix) + "*.tmp"):
+        pid = temp.name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            temp.unlink(missing_ok=True)
+        except OSError:  # the process exists under another user
+            pass
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -67,6 +113,18 @@ def ensure_writable(results_dir: Path) -> None:
         ) from None
 
 
+def without_volatile(record: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``record`` without :data:`VOLATILE_FIELDS`: what two runs of one command agree on."""
+    record = json.loads(json.dumps(record))
+    for name in VOLATILE_FIELDS:
+        *parents, key = name.split(".")
+        holder = record
+        for parent in parents:
+            holder = holder.get(parent) or {}
+        holder.pop(key, None)
+    return record
+
+
 def read_record(path: Path) -> dict[str, Any] | None:
     """A record, or None if the file is missing or not a complete record of this schema."""
     try:
@@ -79,10 +137,20 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 def iter_records(results_dir: Path) -> Iterator[dict[str, Any]]:
+    """Every record of this schema under ``results_dir``. A file that is not JSON at all stops
+    here: records are written whole, so it was damaged, and a table without it would mislead."""
     for path in sorted(Path(results_dir).glob("*/*/nfe*/metrics.json")):
         record = read_record(path)
-        if record is not None:
-            yield record
+        if record is None:
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise GasbenchError(
+                    f"{path} is not a readable record ({exc}); restore it, or delete it and rerun the "
+                    f"`gasbench run` command that wrote it to recompute the cell."
+                ) from None
+            continue
+        yield record
 
 
 def code_revision() -> str | None:

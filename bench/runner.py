@@ -3,7 +3,11 @@
 Data flow (DESIGN.md): teacher -> the teacher's reference solutions for the evaluation seeds
 (the trajectory cache) -> for each method x NFE: build its coefficient table, sample the seeds, score against
 the reference, write ``metrics.json`` and ``samples.png`` atomically. A cell whose record exists
-with the same teacher, solver configuration and seeds is reused, so an interrupted run resumes.
+with the same teacher, solver configuration, seeds and metrics is reused, so an interrupted run
+resumes; so is one evaluated on more seed sets or metrics than asked. A record of the same solve
+evaluated on other seeds or metrics stops the run before any work (``--overwrite`` replaces it).
+Each cell is computed under a file lock (:mod:`gasbench.locks`), so runs sharing a results
+directory wait for each other's cells instead of computing them twice.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import gasbench
-from gasbench import distributed
+from gasbench import distributed, locks
 from gasbench.errors import GasbenchError
+from gasbench.faults import fault_point
 from gasbench.images import save_grid
 from gasbench.metrics import Evaluation, Metric, get_metric
 from gasbench.records import (
@@ -39,10 +44,14 @@ from gasbench.records import (
 from gasbench.registry import SOLVERS
 from gasbench.sampling import AUTO_BATCH, auto_batch_size, sample_seeds
 from gasbench.solvers.executor import ExecutionStats, Table
+from gasbench.solvers.learned import STATE_FILE
 from gasbench.teachers.load import load_teacher
 from gasbench.trajectories import SPLIT_STARTS, TrajectoryCache
+from gasbench.verify import environment, sample_checksums
+from gasbench.weights import sha256_of
 
 GRID_SIZE = 64
+MAX_NFE = 1000  # (NFE, NFE) coefficient tables of a few MB; the references use NFE <= 50
 
 
 @dataclass
@@ -65,6 +74,7 @@ class RunConfig:
     reference_images: Optional[Path] = None  # real images for FID/precision/recall (user's set)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method, from --config
     config_file: Optional[dict[str, str]] = None  # path and sha256 of the --config file
+    command: Optional[str] = None  # the command line that started the run (the CLI sets it)
 
     def resolved(self) -> dict[str, Any]:
         """The configuration as a record stores it (JSON types; paths as strings)."""
@@ -96,8 +106,15 @@ def build_cells(config: RunConfig, teacher) -> list[Cell]:
     """Instantiate every method and check every NFE before any sampling starts."""
     # solvers that need something imported first (the GAS authors' students) run only when named
     names = config.methods or [entry.name for entry in SOLVERS if getattr(entry.obj, "in_default_run", True)]
+    if not config.nfes:
+        raise GasbenchError("no NFE to run; give --nfe, e.g. --nfe 4,6,8.")
     if any(n < 1 for n in config.nfes):
         raise GasbenchError(f"NFE must be at least 1, got {sorted(config.nfes)}.")
+    if max(config.nfes) > MAX_NFE:
+        raise GasbenchError(
+            f"NFE {max(config.nfes)} is above gasbench's limit of {MAX_NFE}: a solver's coefficient table holds "
+            f"NFE x NFE numbers, and few-step solvers are compared at NFE of about 4-20."
+        )
     used_args: set[str] = set()
     cells = []
     for name in names:
@@ -177,6 +194,7 @@ def run(config: RunConfig, console: Optional[Console] = None,
         if not m.paired:
             m.describe(teacher)
     seed_sets = config.seed_ranges()
+    _check_existing(config, teacher, metrics, cells, seed_sets, console)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False, disable=not distributed.is_main()) as progress:
@@ -186,24 +204,27 @@ def run(config: RunConfig, console: Optional[Console] = None,
         for seeds in seed_sets:
             cache = TrajectoryCache(teacher, tuple(seeds))
             task = progress.add_task(f"{teacher.name}: reference {ref.solver} NFE {ref.nfe}, seeds {seeds[0]}-", total=len(seeds))
-            cache.generate(config.batch_size, on_samples=lambda n, task=task: progress.advance(task, n))
+            cache.generate(config.batch_size, on_samples=lambda n, task=task: progress.advance(task, n),
+                           on_wait=_waiting(progress.console, cache.directory, "generating these trajectories"))
             solved = cache.load()
             references.append(solved["x0"])
             conditions.append(solved.get("cond"))
         distributed.on_main(lambda: save_reference_grid(teacher, references[0], config.results_dir))
-        teacher_record = record_teacher(config, teacher, metrics, seed_sets, references, conditions)
+        teacher_record = record_teacher(config, teacher, metrics, seed_sets, references, conditions, progress.console)
         records = [teacher_record] if teacher_record is not None else []
         timings[TEACHER_LABEL] = time.perf_counter() - start
         overall = progress.add_task(f"{teacher.name}: {len(cells)} cells", total=len(cells) * len(seed_sets) * config.num_samples)
         for cell in cells:
             start = time.perf_counter()
-            records.append(run_cell(config, teacher, metrics, cell, seed_sets, references, conditions, progress, overall))
+            with _cell_lock(cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe), progress.console):
+                records.append(run_cell(config, teacher, metrics, cell, seed_sets, references, conditions, progress, overall))
             timings[cell.label] = timings.get(cell.label, 0.0) + time.perf_counter() - start
     return records
 
 
 def _score(metrics: list[Metric], evaluations: list[Evaluation]) -> dict[str, Any]:
     """Each metric on each seed set; mean, and sample std when there are several sets."""
+    fault_point("metric")
     per_set = {m.name: [m.compute(e) for e in evaluations] for m in metrics}
     out = {"metrics": {name: float(np.mean(values)) for name, values in per_set.items()}}
     if len(evaluations) > 1:
@@ -222,59 +243,150 @@ def _common_fields(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
         "num_samples": sum(len(s) for s in seed_sets),
         "seeds": [[s[0], s[-1]] for s in seed_sets],
         "conditions": "class label uniform at random from each sample's seed" if teacher.num_classes else "none",
-        "versions": {"gasbench": gasbench.__version__, "torch": torch.__version__,
+        "versions": {"gasbench": gasbench.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "python": platform.python_version(), "code_revision": code_revision()},
+        "environment": environment(teacher.device),
     }
+
+
+def _seed_pairs(seed_sets) -> list[list[int]]:
+    return [[s[0], s[-1]] for s in seed_sets]
+
+
+def _teacher_identity(teacher, metrics: list[Metric], seed_sets) -> Optional[dict[str, Any]]:
+    """What the teacher row's record must match to be reused; None when there is no teacher row."""
+    unpaired = sorted(m.name for m in metrics if not m.paired)
+    if not unpaired:
+        return None
+    return {"teacher_sha256": teacher.weights_sha256, "reference": teacher.reference.to_dict(),
+            "seeds": _seed_pairs(seed_sets), "metrics": unpaired}
+
+
+def _cell_identity(teacher, cell: Cell, metrics: list[Metric], seed_sets) -> dict[str, Any]:
+    """What a cell's record must match to be reused."""
+    return {"teacher_sha256": teacher.weights_sha256, "solver_hash": cell.solver.config_hash(teacher),
+            "seeds": _seed_pairs(seed_sets), "metrics": sorted(m.name for m in metrics)}
+
+
+def _relation(existing: Optional[dict[str, Any]], identity: dict[str, Any]) -> str:
+    """How a stored record stands to the one a run would write: ``new`` (none stored, or one of
+    other teacher weights or another solver configuration, which the run replaces), ``same``,
+    ``covers`` (the same solve evaluated on this run's seed sets, first, and more, on at least its
+    metrics) or ``conflict`` (the same solve evaluated otherwise)."""
+    stored = (existing or {}).get("identity")
+    if stored is None or any(stored.get(k) != v for k, v in identity.items() if k not in ("seeds", "metrics")):
+        return "new"
+    if stored == identity:
+        return "same"
+    seeds = identity["seeds"]
+    if stored["seeds"][: len(seeds)] == seeds and set(identity["metrics"]) <= set(stored["metrics"]):
+        return "covers"
+    return "conflict"
+
+
+def _describe_evaluation(identity: dict[str, Any]) -> str:
+    sets = identity["seeds"]
+    return (f"{len(sets)} seed set{'s' if len(sets) > 1 else ''} ({', '.join(f'{a}-{b}' for a, b in sets)}) "
+            f"and metrics {', '.join(identity['metrics'])}")
+
+
+def _conflict_error(conflicts: list[tuple[Path, dict, dict]]) -> GasbenchError:
+    path, stored, identity = conflicts[0]
+    evaluations = f"on {_describe_evaluation(stored)}, where this run asks for {_describe_evaluation(identity)}"
+    if len(conflicts) == 1:
+        found = f"{path.parent} already holds a record of the same teacher and solver evaluated {evaluations}"
+    else:
+        found = (f"{len(conflicts)} cells already hold records of the same teacher and solver evaluated otherwise "
+                 f"than this run asks ({path.parent} {evaluations})")
+    return GasbenchError(
+        f"{found}; gasbench does not replace a record by another evaluation silently. Pass --overwrite to "
+        f"recompute and replace (trained solver states are reused), or --results-dir DIR to write elsewhere."
+    )
+
+
+def _check_existing(config: RunConfig, teacher, metrics: list[Metric], cells: list[Cell], seed_sets,
+                    console: Console) -> None:
+    """Before any work: stop if a cell holds a record of the same solve evaluated on other seeds or
+    metrics than this run's, and say how many records covering more than asked will be reused."""
+    if config.overwrite:
+        return
+    wanted = [(cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe), _cell_identity(teacher, cell, metrics, seed_sets))
+              for cell in cells]
+    teacher_identity = _teacher_identity(teacher, metrics, seed_sets)
+    if teacher_identity is not None:
+        wanted.append((cell_dir(config.results_dir, teacher.name, TEACHER_LABEL, teacher.reference.nfe), teacher_identity))
+    conflicts, covering = [], 0
+    for directory, identity in wanted:
+        existing = read_record(directory / "metrics.json")
+        relation = _relation(existing, identity)
+        covering += relation == "covers"
+        if relation == "conflict":
+            conflicts.append((directory / "metrics.json", existing["identity"], identity))
+    if conflicts:
+        raise _conflict_error(conflicts)
+    if covering:
+        console.print(f"{covering} cell(s) already hold records over more seed sets or metrics than asked; they are "
+                      f"reused as they are (--overwrite recomputes them)")
 
 
 def _reusable(path: Path, identity: dict, overwrite: bool) -> Optional[dict[str, Any]]:
+    """The stored record if it answers ``identity`` (:func:`_relation`: the same, or covering it);
+    checked again under the cell's lock, as another process may have written it meanwhile."""
+    if overwrite:
+        return None
     existing = read_record(path)
-    if existing is not None and not overwrite and existing.get("identity") == identity:
-        return existing
-    return None
+    relation = _relation(existing, identity)
+    if relation == "conflict":
+        raise _conflict_error([(path, existing["identity"], identity)])
+    return existing if relation in ("same", "covers") else None
 
 
-def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets, references, conditions) -> Optional[dict[str, Any]]:
+def _waiting(console: Console, directory: Path, what: str):
+    """What a run prints when another process holds the lock of ``directory``."""
+    return lambda: console.print(f"{directory}: another gasbench process is {what}; waiting for it")
+
+
+def _cell_lock(directory: Path, console: Console):
+    """The lock of a result cell: another `gasbench run` on the same directory waits for this one
+    to finish the cell (record, grid, learned state and fit checkpoint), then reuses its record
+    (:mod:`gasbench.locks`)."""
+    return locks.exclusive(directory, on_wait=_waiting(console, directory, "computing this cell"))
+
+
+def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets, references, conditions,
+                   console: Console) -> Optional[dict[str, Any]]:
     """The teacher row (GAS Table 2's first row): its reference solver's samples scored with the
     distribution metrics; paired metrics would compare it with itself and are left out, so with
     no distribution metric there is no teacher row (None)."""
-    unpaired = [m for m in metrics if not m.paired]
-    if not unpaired:
+    identity = _teacher_identity(teacher, metrics, seed_sets)
+    if identity is None:
         return None
+    unpaired = [m for m in metrics if not m.paired]
     ref = teacher.reference
-    identity = {
-        "teacher_sha256": teacher.weights_sha256,
-        "reference": ref.to_dict(),
-        "seeds": [[s[0], s[-1]] for s in seed_sets],
-        "metrics": sorted(m.name for m in unpaired),
-    }
     out_dir = cell_dir(config.results_dir, teacher.name, TEACHER_LABEL, ref.nfe)
-    existing = _reusable(out_dir / "metrics.json", identity, config.overwrite)
-    if existing is not None:
-        return existing
-    evaluations = [Evaluation(reference, None, teacher, cond) for reference, cond in zip(references, conditions)]
-    record = {
-        **_common_fields(config, teacher, unpaired, seed_sets, identity),
-        "method": TEACHER_LABEL,
-        "solver": {"name": ref.solver, "learned": False, "reference": True, **ref.to_dict()},
-        "nfe": ref.nfe,
-        **_score(unpaired, evaluations),
-        "training": None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    distributed.on_main(lambda: write_json_atomic(out_dir / "metrics.json", record))
-    return record
+    with _cell_lock(out_dir, console):
+        existing = _reusable(out_dir / "metrics.json", identity, config.overwrite)
+        if existing is not None:
+            return existing
+        evaluations = [Evaluation(reference, None, teacher, cond) for reference, cond in zip(references, conditions)]
+        record = {
+            **_common_fields(config, teacher, unpaired, seed_sets, identity),
+            "method": TEACHER_LABEL,
+            "solver": {"name": ref.solver, "learned": False, "reference": True, **ref.to_dict()},
+            "nfe": ref.nfe,
+            **_score(unpaired, evaluations),
+            "sample_checksums": sample_checksums(references, seed_sets),
+            "training": None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        distributed.on_main(lambda: write_json_atomic(out_dir / "metrics.json", record))
+        return record
 
 
 def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, references, conditions, progress, overall) -> dict[str, Any]:
     out_dir = cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe)
     solver_config = cell.solver.resolved_config(teacher)
-    identity = {
-        "teacher_sha256": teacher.weights_sha256,
-        "solver_hash": cell.solver.config_hash(teacher),
-        "seeds": [[s[0], s[-1]] for s in seed_sets],
-        "metrics": sorted(m.name for m in metrics),
-    }
+    identity = _cell_identity(teacher, cell, metrics, seed_sets)
     existing = _reusable(out_dir / "metrics.json", identity, config.overwrite)
     if existing is not None:
         progress.advance(overall, sum(len(s) for s in seed_sets))
@@ -296,11 +408,13 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
         **_common_fields(config, teacher, metrics, seed_sets, identity),
         "method": cell.label,
         "solver": {"name": cell.solver.name, "learned": cell.solver.learned, **solver_config,
-                   "hash": identity["solver_hash"]},
+                   "hash": identity["solver_hash"],
+                   **({"state_sha256": sha256_of(out_dir / STATE_FILE)} if cell.solver.learned else {})},
         "nfe": cell.nfe,
         "nfe_measured": stats.nfe / batches,
         "nfe_convention": "denoiser evaluations per sample counted by the executor; CFG pair = 1",
         **scores,
+        "sample_checksums": sample_checksums([e.samples for e in evaluations], seed_sets),
         "wall_time_s": round(wall, 3),
         "denoiser_time_s": round(stats.denoiser_seconds, 3),
         "peak_memory_mb": round(_peak_memory_mb(), 1),
@@ -326,7 +440,8 @@ def prepare_learned(teacher, cell: Cell, out_dir: Path, progress: Progress) -> T
         for split, size in (("train", solver.config["train_size"]), ("validation", solver.validation_size)):
             cache = TrajectoryCache.for_split(teacher, split, size)
             task = progress.add_task(f"{teacher.name}: {split} trajectories ({len(cache.seeds)})", total=len(cache.seeds))
-            cache.generate(on_samples=lambda n, task=task: progress.advance(task, n))
+            cache.generate(on_samples=lambda n, task=task: progress.advance(task, n),
+                           on_wait=_waiting(progress.console, cache.directory, "generating these trajectories"))
             data.append({k: v for k, v in cache.load().items() if k in ("noise", "x0", "cond")})
         solver.fit(teacher, nfe, *data, progress=progress, checkpoint_path=out_dir / "fit-checkpoint.pt")
 

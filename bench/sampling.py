@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from gasbench import distributed
+from gasbench.faults import fault_point
 from gasbench.solvers.executor import ExecutionStats, Table, execute
 
 
@@ -69,6 +70,7 @@ def sample_seeds(
         noise, cond = noise_and_conditions(teacher, chunk)
         x_T = noise * teacher.sigma_max
         out.append(execute(table, teacher.denoiser(cond), x_T, stats=mine).float())
+        fault_point("sampling-batch")
         if on_batch is not None:
             on_batch(len(chunk))
     local = torch.cat(out)

@@ -24,8 +24,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from gasbench import distributed
+from gasbench import distributed, locks
 from gasbench.errors import GasbenchError
+from gasbench.faults import fault_point
 from gasbench.records import write_atomic, write_json_atomic
 from gasbench.registry import SOLVERS
 from gasbench.sampling import noise_and_conditions
@@ -179,8 +180,10 @@ class TrajectoryCache:
             tensors["trajectory_sigmas"] = table.sigmas[keep].detach().double()
         return tensors
 
-    def generate(self, batch_size: int = 256, on_samples: Optional[Callable[[int], None]] = None) -> None:
-        """Write every missing shard; shards already on disk are checked and kept (resume).
+    def generate(self, batch_size: int = 256, on_samples: Optional[Callable[[int], None]] = None,
+                 on_wait: Optional[Callable[[], None]] = None) -> None:
+        """Write every missing shard; shards already on disk are checked and kept (resume). Another
+        process generating the same cache is waited for (``on_wait`` is called when that starts).
 
         In a distributed run each process writes a contiguous block of the shards and returns when
         every shard is written; ``on_samples`` hears of the other processes' shards at the end."""
@@ -188,24 +191,26 @@ class TrajectoryCache:
         table = SOLVERS.get(ref.solver)(schedule=ref.schedule, **ref.options).table(self.teacher, ref.nfe)
         if self.states:
             self.state_indices(table.nfe)  # too many states: stop before writing anything
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if distributed.is_main():
-            write_json_atomic(self.directory / "manifest.json", self.key)
-        done = 0
-        for index in distributed.shard(range(self.num_shards)):
-            seeds = list(self.seeds[index * self.shard_size : (index + 1) * self.shard_size])
-            if self.shard_path(index).is_file():
-                self._read_shard(index)  # a damaged shard stops here with a clear message
-            else:
-                noise, cond = noise_and_conditions(self.teacher, seeds)
-                tensors = {"seeds": torch.tensor(seeds), "noise": noise.float(), **self._solve(table, noise, cond, batch_size)}
-                if cond is not None:
-                    tensors["cond"] = cond
-                write_atomic(self.shard_path(index), save(tensors, metadata={"key": self.digest}))
-            done += len(seeds)
-            if on_samples is not None:
-                on_samples(len(seeds))
-        distributed.barrier()
+        # a second process generating the same cache waits here, then finds every shard written
+        with locks.exclusive(self.directory, on_wait):
+            if distributed.is_main():
+                write_json_atomic(self.directory / "manifest.json", self.key)
+            done = 0
+            for index in distributed.shard(range(self.num_shards)):
+                seeds = list(self.seeds[index * self.shard_size : (index + 1) * self.shard_size])
+                if self.shard_path(index).is_file():
+                    self._read_shard(index)  # a damaged shard stops here with a clear message
+                else:
+                    noise, cond = noise_and_conditions(self.teacher, seeds)
+                    tensors = {"seeds": torch.tensor(seeds), "noise": noise.float(), **self._solve(table, noise, cond, batch_size)}
+                    if cond is not None:
+                        tensors["cond"] = cond
+                    write_atomic(self.shard_path(index), save(tensors, metadata={"key": self.digest}))
+                    fault_point("trajectory-shard")
+                done += len(seeds)
+                if on_samples is not None:
+                    on_samples(len(seeds))
+            distributed.barrier()
         if on_samples is not None and done < len(self.seeds):
             on_samples(len(self.seeds) - done)
 

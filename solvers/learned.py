@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import math
+import pickle
 import time
 from abc import abstractmethod
 from dataclasses import asdict, dataclass
@@ -31,11 +32,13 @@ from typing import Any, ClassVar, Optional, Union
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch.utils.checkpoint import checkpoint
 
 from gasbench import distributed
 from gasbench.errors import GasbenchError
+from gasbench.faults import fault_point
 from gasbench.records import write_atomic
 from gasbench.solvers.base import Solver
 from gasbench.solvers.executor import AdaptiveTable, SolverTable, Table, execute, per_sample
@@ -311,7 +314,10 @@ class LearnedSolver(Solver):
         start, recent, initial_loss, elapsed = 0, [], None, 0.0
         identity = json.dumps(self._identity(teacher, nfe, budget=False), sort_keys=True)
         if checkpoint_path is not None and Path(checkpoint_path).is_file():
-            state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # written whole: damaged since
+                raise GasbenchError(f"checkpoint {checkpoint_path} cannot be read ({exc}); delete it to start the fit over.") from None
             if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
                 raise GasbenchError(
                     f"checkpoint {checkpoint_path} was written for another solver configuration; delete it to start over."
@@ -369,6 +375,7 @@ class LearnedSolver(Solver):
                 bar.update(task, advance=1, loss=sum(recent) / len(recent))
                 if (iteration + 1) % checkpoint_every == 0 and iteration + 1 < cfg["iterations"]:
                     save_checkpoint(iteration + 1)
+                fault_point("fit-iteration")
         save_checkpoint(max(start, cfg["iterations"]))
         self.params, self.trained_for = ema, (teacher.name, nfe)
         self._state_identity = self._identity(teacher, nfe)
@@ -418,7 +425,7 @@ class LearnedSolver(Solver):
         try:
             blob = json.loads((directory / CONFIG_FILE).read_text())
             params = load_file(str(directory / STATE_FILE))
-        except (OSError, ValueError):
+        except (OSError, ValueError, SafetensorError):  # a damaged state is refitted
             return False
         training = blob.pop("training", {})
         if blob.pop("format", None) != STATE_FORMAT:

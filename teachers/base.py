@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
+from gasbench.errors import GasbenchError
 from gasbench.weights import WeightsSource
 
 
@@ -184,8 +185,24 @@ class BoundDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         # solvers keep their state where the caller put it (the CPU in gasbench); only the
         # network's input and output cross to the teacher's device
-        return self.teacher.denoise(*self._on_device(x, sigma)).to(x.device, x.dtype)
+        return self._finite(self.teacher.denoise(*self._on_device(x, sigma)).to(x.device, x.dtype), x, sigma)
 
     def with_features(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         denoised, features = self.teacher.denoise_with_features(*self._on_device(x, sigma))
-        return denoised.to(x.device, x.dtype), features.to(x.device)
+        return self._finite(denoised.to(x.device, x.dtype), x, sigma), features.to(x.device)
+
+    def _finite(self, denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """``denoised``, unless the network made NaN or inf from a finite input: then nothing
+        computed from it may be scored or cached, and the run stops here."""
+        if bool(torch.isfinite(denoised).all()):
+            return denoised
+        sigmas = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(sigmas).all())):
+            return denoised  # a diverging solver's input: its samples are scored as they are
+        bf16 = " or bfloat16 overflowed (try --precision fp32)" if self.teacher.precision == "bf16" else ""
+        raise GasbenchError(
+            f"teacher '{self.teacher.name}' returned NaN or inf for a finite input at sigma {float(sigmas.min()):.4g}"
+            f"{'' if sigmas.numel() == 1 else f'-{float(sigmas.max()):.4g}'}: its network or weights are broken{bf16}. "
+            f"The run stops before recording anything computed from it (cells already recorded are kept); check "
+            f"the weights (`gasbench teachers --check`) or the teacher's code."
+        )

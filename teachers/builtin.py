@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import SafetensorError
 
+from gasbench.errors import GasbenchError
 from gasbench.registry import register_teacher
 from gasbench.teachers.base import ReferenceSolver, Teacher
 from gasbench.weights import verify_weights
@@ -72,7 +74,27 @@ class BuiltinTeacher(NetworkTeacher):
         else:
             from gasbench.weights import sha256_of
 
-            super().__init__(load_network(Path(weights)), sha256_of(weights))
+            super().__init__(self._users_network(Path(weights)), sha256_of(weights))
+
+    def _users_network(self, path: Path) -> torch.nn.Module:
+        """The network of a ``--weights`` file, checked to be one for this teacher's samples."""
+        from gasbench.teachers.networks import load_network
+
+        how = f"`gasbench teacher train {self.name} --out FILE` writes a {self.name} network file"
+        if not path.is_file():
+            raise GasbenchError(f"--weights {path} does not exist; {how}.")
+        try:
+            net = load_network(path)
+        except (OSError, SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise GasbenchError(f"--weights {path} is not a gasbench network file ({exc}); {how}.") from None
+        config = net.config
+        found = (config.img_channels, config.img_resolution, config.img_resolution)
+        if found != tuple(self.shape) or config.num_classes != self.num_classes:
+            raise GasbenchError(
+                f"--weights {path} holds a network for {found} samples of {config.num_classes} classes; teacher "
+                f"'{self.name}' samples {tuple(self.shape)} of {self.num_classes}; {how}."
+            )
+        return net
 
     def real_images(self) -> tuple[torch.Tensor, str]:
         from gasbench.teachers.classifier import real_images
