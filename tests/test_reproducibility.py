@@ -16,22 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from gasbench.cli import main
 from gasbench.records import read_record, without_volatile
+from test_cli import gasbench
 
 GS = "gs+batch_size=8+iterations=6+train_size=32"
 RUN = ["run", "-d", "gmm", "-m", "euler,gs", "--nfe", "3", "-n", "40", "--batch-size", "16", "--metrics", "rmse,fd",
        "--solver-arg", "iterations=6", "--solver-arg", "train_size=32", "--solver-arg", "batch_size=8",
        "--results-dir", "results"]
-
-
-def gasbench(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["gasbench", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def files(root: Path) -> dict[str, bytes]:
