@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gasbench import distributed
+from gasbench.budgets import BUDGETS, DEFAULT_REFERENCE
 from gasbench.errors import GasbenchError
 from gasbench.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS, import_plugin
 from gasbench.teachers.load import load_teacher
@@ -95,6 +96,8 @@ def _run_config(values: dict, source: str):
             metrics=listed(values["metrics"]) if values["metrics"] else None, seed_sets=int(values["seeds"]),
             weights=optional_path(values["weights"]), device=str(values["device"]), precision=str(values["precision"]),
             reference_images=optional_path(values["reference_images"]), method_options=per_method,
+            budget=None if values.get("budget") is None else str(values["budget"]),
+            matched_to=str(values.get("matched_to") or DEFAULT_REFERENCE),
         )
     except (TypeError, ValueError) as exc:
         raise GasbenchError(f"{source}: an option has a value of the wrong type ({exc}).") from None
@@ -140,6 +143,8 @@ def run(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N: where the teacher's network runs."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 to run the teacher's network under bfloat16 autocast."),
     reference_images: Optional[Path] = typer.Option(None, "--reference-images", help="Real images (folder, .zip or .npz) for fid/precision/recall on teachers without built-in data."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Learned methods' training budget: paper (each method's own paper), cpu (the built-in teachers' CPU budgets) or matched (the same training pairs and network passes as --matched-to); default: paper on the papers' teachers, cpu on the built-in ones."),
+    matched_to: str = typer.Option("gs", "--matched-to", help="With --budget matched: the learned method whose training pairs and network passes every learned method gets."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A YAML file of these options (methods may carry their own options); the command line wins. See configs/paper/."),
     plugin: Optional[list[str]] = PluginOption,
 ):
@@ -152,7 +157,8 @@ def run(
     _load_plugins(plugin)
     values = dict(methods=methods, dataset=dataset, nfe=nfe, seed=seed, num_samples=num_samples, batch_size=batch_size,
                   results_dir=results_dir, schedule=schedule, solver_args=solver_arg, metrics=metrics, seeds=seeds,
-                  overwrite=overwrite, weights=weights, device=device, precision=precision, reference_images=reference_images)
+                  overwrite=overwrite, weights=weights, device=device, precision=precision, reference_images=reference_images,
+                  budget=budget, matched_to=matched_to)
     config_provenance = None
     if config_file is not None:
         from gasbench.config import file_provenance, read_config
@@ -169,6 +175,9 @@ def run(
     config.command = shlex.join(["gasbench", *sys.argv[1:]])  # recorded, to rerun it
     if config.schedule is not None:
         SCHEDULES.resolve(config.schedule)
+    if config.budget is not None and config.budget not in BUDGETS:
+        raise GasbenchError(f"--budget {config.budget}: choose one of {', '.join(BUDGETS)}.")
+    SOLVERS.resolve(config.matched_to)
     results_dir = config.results_dir
     start, timings = time.perf_counter(), {}
     records = run_benchmark(config, err_console, timings)
@@ -272,6 +281,29 @@ def list_(
                 row.append(", ".join(f"{k}={v}" for k, v in entry.obj.options.items()))
             out.add_row(*row)
         console.print(out)
+
+
+@app.command(epilog="Examples:\n\n  gasbench budgets\n\n  gasbench budgets -d cifar10 --nfe 10")
+def budgets(
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="Teacher whose budgets to show (its weights are not needed)."),
+    nfe: int = typer.Option(4, "--nfe", help="NFE the network passes are counted at."),
+    matched_to: str = typer.Option("gs", "--matched-to", help="The reference method of the matched budget."),
+    plugin: Optional[list[str]] = PluginOption,
+):
+    """What each learned method is given under each training budget (cpu, paper, matched)."""
+    import inspect
+
+    from tabulate import tabulate
+
+    from gasbench.budgets import budget_rows
+
+    _load_plugins(plugin)
+    if nfe < 1:
+        raise GasbenchError(f"--nfe must be at least 1, got {nfe}.")
+    factory = TEACHERS.get(dataset) if not dataset.startswith("diffusers:") else None
+    # a registered teacher's class states what its budgets depend on, without loading weights
+    teacher = factory if inspect.isclass(factory) else load_teacher(dataset)
+    print(tabulate(budget_rows(teacher, nfe, SOLVERS.resolve(matched_to).name), headers="keys", tablefmt="github"))
 
 
 @app.command(epilog="Example: gasbench teachers --check")
@@ -522,12 +554,15 @@ def bench_metrics(
 
 
 def main() -> None:
-    """Entry point: user errors print one line and exit 2; `--debug` shows tracebacks."""
+    """Entry point: user errors print one line and exit 2, Ctrl-C exits 130; `--debug` shows tracebacks."""
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
     try:
-        app(standalone_mode=False)
+        # without standalone mode typer returns, not raises, an exit code: Ctrl-C's as 130
+        code = app(standalone_mode=False)
+    except KeyboardInterrupt:  # where typer does not turn it into 130 (outside the command)
+        code = 130
     except GasbenchError as exc:
         if debug:
             traceback.print_exc()
@@ -540,11 +575,12 @@ def main() -> None:
     except USAGE_ERRORS as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("interrupted; completed cells are recorded, rerun the same command to resume")
-        sys.exit(130)
     except Exception as exc:  # noqa: BLE001  (last resort: never a bare traceback for users)
         if debug:
             raise
         err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} (rerun with --debug for the traceback)")
         sys.exit(1)
+    if code == 130:
+        err_console.print("interrupted; completed cells are recorded, rerun the same command to resume")
+    if isinstance(code, int) and code:  # a command's return value is None; an exit code is an int
+        sys.exit(code)

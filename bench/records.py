@@ -7,16 +7,19 @@ Layout::
 
 Record schema (version 2): ``teacher`` (name, sha256, shape, reference solver), ``method``
 (``teacher`` for the teacher's own row), ``nfe`` (requested), ``nfe_measured`` (denoiser calls per
-sample counted by the executor), ``solver`` (resolved options, their hash and, learned, the saved
-state's ``state_sha256``), ``metrics`` (name -> mean over seed sets), ``metrics_std`` and
-``metrics_per_seed_set`` (with several seed sets), ``metric_provenance`` (per metric: networks and
-their sha256, reference images), ``num_samples`` (all seed sets), ``seeds`` ([[first, last], ...]
-per seed set), ``conditions``, ``sample_checksums`` (what `gasbench verify` compares, see
+sample counted by the executor), ``solver`` (resolved options, their hash, the ``code_sha256`` of
+its source and, learned, the saved state's ``state_sha256``), ``metrics`` (name -> mean over seed
+sets), ``metrics_std`` and ``metrics_per_seed_set`` (with several seed sets), ``metric_provenance``
+(per metric: networks and their sha256, reference images), ``num_samples`` (all seed sets),
+``seeds`` ([[first, last], ...] per seed set), ``conditions``, ``sample_checksums`` (what `gasbench verify` compares, see
 :mod:`gasbench.verify`), ``wall_time_s``, ``peak_memory_mb``, ``training`` (null for handcrafted
 solvers), ``run_config`` (the resolved run configuration and its command line), ``versions``
 (gasbench, torch, numpy, python, code revision), ``environment`` (platform, device, CPU threads;
-GPU, CUDA and cuDNN on a GPU), ``created``. Records of another schema version are ignored
-(recomputed). The same command run twice writes the same records but for :data:`VOLATILE_FIELDS`.
+GPU, CUDA and cuDNN on a GPU), ``created``, and ``identity``, what a rerun must match to reuse
+the record (teacher weights, solver configuration hash, the sha256 of the solver's code, seeds,
+metrics). Tables leave out records of another schema version; a run stops at them, as at a damaged
+file (:func:`stored_record`). The same command run twice writes the same records but for
+:data:`VOLATILE_FIELDS`.
 """
 
 from __future__ import annotations
@@ -134,6 +137,31 @@ def read_record(path: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.get("schema") != SCHEMA_VERSION:
         return None
     return record
+
+
+def stored_record(path: Path) -> dict[str, Any] | None:
+    """The record a run finds where it is about to write one: None when there is no file. A file
+    that is not a record of this schema (damaged, or another gasbench's) is a GasbenchError, as
+    a run never replaces what it cannot read without being told to (``--overwrite``)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise GasbenchError(f"cannot read {path}: {exc.strerror or exc}.") from None
+    try:
+        record = json.loads(data)
+    except ValueError as exc:  # UnicodeDecodeError too
+        problem = f"is not a readable record ({exc})"
+    else:
+        schema = record.get("schema") if isinstance(record, dict) else None
+        if schema == SCHEMA_VERSION:
+            return record
+        problem = f"is not a record of this gasbench's schema {SCHEMA_VERSION} (schema: {schema})"
+    raise GasbenchError(
+        f"{path} {problem}; gasbench does not replace it silently. Restore it, or pass --overwrite "
+        f"to recompute the cell and replace it, or --results-dir DIR to write elsewhere."
+    )
 
 
 def iter_records(results_dir: Path) -> Iterator[dict[str, Any]]:

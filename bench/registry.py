@@ -14,7 +14,9 @@ Built-in entries register when their module is imported; the first lookup import
 modules and every external plugin declared under the entry-point groups ``gasbench.solvers``,
 ``gasbench.teachers``, ``gasbench.schedules`` and ``gasbench.metrics``. A plugin's entry point names
 a module (``"my_pkg.solvers"``) or an attribute (``"my_pkg.solvers:MySolver"``); loading it is
-enough, because the module registers its objects with the decorators below.
+enough, because the module registers its objects with the decorators below. A name is taken
+once: registering a taken name or alias (a plugin's ``dpmpp2m``) is an error naming both places,
+unless the same file registers it again (a file imported twice).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class Entry(Generic[T]):
     obj: T
     description: str
     aliases: tuple[str, ...]
-    origin: str
+    origin: str  # file:line (file alone when the line is unknown), or the module's name
+    source: str  # the file that registered it, or the module's name: who may register it again
 
 
 class Registry(Generic[T]):
@@ -57,22 +60,26 @@ class Registry(Generic[T]):
         self, name: str, obj: T, description: str = "", aliases: tuple[str, ...] = ()
     ) -> T:
         name = name.lower()
+        origin = source = _source(obj)
         try:
-            origin = f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
-        except (TypeError, OSError):
-            origin = getattr(obj, "__module__", "?")
+            origin = f"{source}:{inspect.getsourcelines(obj)[1]}"
+        except (TypeError, OSError):  # a class made at run time (a handcrafted solver's) has no lines
+            pass
         if not description:
             description = (inspect.getdoc(obj) or "").strip().splitlines()[0:1]
             description = description[0] if description else ""
         with self._lock:
+            # a name is taken for good: a plugin never replaces a built-in or another plugin's
+            # entry (whose records it would then write); only a file imported again re-registers
             for key in (name, *aliases):
                 owner = self._aliases.get(key.lower())
-                if owner is not None and owner != name:
+                if owner is not None and (owner != name or self._entries[owner].source != source):
                     raise GasbenchError(
                         f"{self.kind} name '{key}' is already registered by '{owner}' "
-                        f"({self._entries[owner].origin}); pick another name."
+                        f"({self._entries[owner].origin}); {origin} registers it again. A name "
+                        f"stands for one {self.kind}: register yours under another name."
                     )
-            self._entries[name] = Entry(name, obj, description, tuple(aliases), origin)
+            self._entries[name] = Entry(name, obj, description, tuple(aliases), origin, source)
             for key in (name, *aliases):
                 self._aliases[key.lower()] = name
         return obj
@@ -137,6 +144,13 @@ class Registry(Generic[T]):
             if entry is not None:
                 for key in (entry.name, *entry.aliases):
                     self._aliases.pop(key.lower(), None)
+
+
+def _source(obj: Any) -> str:
+    try:
+        return inspect.getsourcefile(obj) or obj.__module__
+    except TypeError:
+        return getattr(obj, "__module__", "?")
 
 
 SOLVERS: Registry[Any] = Registry("solver", ("gasbench.solvers", "gasbench.release"), "gasbench.solvers")

@@ -4,8 +4,11 @@ Data flow (DESIGN.md): teacher -> the teacher's reference solutions for the eval
 (the trajectory cache) -> for each method x NFE: build its coefficient table, sample the seeds, score against
 the reference, write ``metrics.json`` and ``samples.png`` atomically. A cell whose record exists
 with the same teacher, solver configuration, seeds and metrics is reused, so an interrupted run
-resumes; so is one evaluated on more seed sets or metrics than asked. A record of the same solve
-evaluated on other seeds or metrics stops the run before any work (``--overwrite`` replaces it).
+resumes; so is one evaluated on more seed sets or metrics than asked. Any other record stops the
+run before any work (``--overwrite`` replaces it): the same solve evaluated on other seeds or
+metrics, one made with other teacher weights, solver configuration or solver code (the sha256 of its
+source files, :meth:`~gasbench.solvers.base.Solver.code_sha256`; records from before it was recorded
+count as other code), or a file that is no readable record.
 Each cell is computed under a file lock (:mod:`gasbench.locks`), so runs sharing a results
 directory wait for each other's cells instead of computing them twice.
 """
@@ -28,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import gasbench
 from gasbench import distributed, locks
+from gasbench.budgets import DEFAULT_REFERENCE, budget_options
 from gasbench.errors import GasbenchError
 from gasbench.faults import fault_point
 from gasbench.images import save_grid
@@ -38,7 +42,7 @@ from gasbench.records import (
     cell_dir,
     code_revision,
     ensure_writable,
-    read_record,
+    stored_record,
     write_json_atomic,
 )
 from gasbench.registry import SOLVERS
@@ -73,6 +77,8 @@ class RunConfig:
     precision: str = "fp32"  # "bf16": the teacher's network under bfloat16 autocast
     reference_images: Optional[Path] = None  # real images for FID/precision/recall (user's set)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method, from --config
+    budget: Optional[str] = None  # learned methods' training budget (gasbench.budgets); None: the teacher's
+    matched_to: str = DEFAULT_REFERENCE  # the reference method of the matched budget
     config_file: Optional[dict[str, str]] = None  # path and sha256 of the --config file
     command: Optional[str] = None  # the command line that started the run (the CLI sets it)
 
@@ -117,19 +123,35 @@ def build_cells(config: RunConfig, teacher) -> list[Cell]:
         )
     used_args: set[str] = set()
     cells = []
+
+    def explicit_options(name: str, cls) -> dict[str, Any]:
+        """The run's own options for method ``name``: --solver-arg, --schedule, then --config's."""
+        options = {k: v for k, v in config.solver_args.items() if k in cls.options}
+        if config.schedule is not None:
+            options["schedule"] = config.schedule
+        return {**options, **config.method_options.get(name, {})}
+
+    reference = SOLVERS.resolve(config.matched_to)
+    reference_options = explicit_options(reference.name, reference.obj)
     for name in names:
         entry = SOLVERS.resolve(name)
         cls = entry.obj
-        options = {k: v for k, v in config.solver_args.items() if k in cls.options}
-        used_args |= options.keys()
-        if config.schedule is not None:
-            options["schedule"] = config.schedule
-        options.update(config.method_options.get(name, {}))
+        options = explicit_options(name, cls)
+        used_args |= options.keys() & config.solver_args.keys()
         solver = cls(**options)
         label = method_label(entry.name, options, cls.options)
+        budget = config.budget or teacher.default_budget
+        if solver.learned and budget != teacher.default_budget:
+            label += f"+budget={budget}" + (f":{config.matched_to}" if budget == "matched" and
+                                             config.matched_to != DEFAULT_REFERENCE else "")
         for nfe in config.nfes:
-            # a learned solver holds the parameters of one NFE, so each cell gets its own
-            cell_solver = cls(**options) if solver.learned else solver
+            # a learned solver holds the parameters of one NFE, so each cell gets its own, with
+            # the budget's options under the explicit ones
+            cell_solver = solver
+            if solver.learned:
+                budgeted = budget_options(cls, budget, teacher, nfe, reference.name, reference_options)
+                cell_solver = cls(**{**budgeted, **options})
+                cell_solver.budget = budget
             # built up front so an NFE a solver cannot do fails before any sampling
             cells.append(Cell(label, cell_solver, nfe, cell_solver.table(teacher, nfe)))
     unused = set(config.solver_args) - used_args
@@ -263,19 +285,24 @@ def _teacher_identity(teacher, metrics: list[Metric], seed_sets) -> Optional[dic
 
 
 def _cell_identity(teacher, cell: Cell, metrics: list[Metric], seed_sets) -> dict[str, Any]:
-    """What a cell's record must match to be reused."""
+    """What a cell's record must match to be reused: the solve (teacher weights, solver
+    configuration and code) and its evaluation (seeds, metrics)."""
     return {"teacher_sha256": teacher.weights_sha256, "solver_hash": cell.solver.config_hash(teacher),
+            "solver_code": cell.solver.code_sha256(),
             "seeds": _seed_pairs(seed_sets), "metrics": sorted(m.name for m in metrics)}
 
 
 def _relation(existing: Optional[dict[str, Any]], identity: dict[str, Any]) -> str:
-    """How a stored record stands to the one a run would write: ``new`` (none stored, or one of
-    other teacher weights or another solver configuration, which the run replaces), ``same``,
+    """How a stored record stands to the one a run would write: ``new`` (none stored), ``same``,
     ``covers`` (the same solve evaluated on this run's seed sets, first, and more, on at least its
-    metrics) or ``conflict`` (the same solve evaluated otherwise)."""
-    stored = (existing or {}).get("identity")
-    if stored is None or any(stored.get(k) != v for k, v in identity.items() if k not in ("seeds", "metrics")):
+    metrics), ``conflict`` (the same solve evaluated otherwise) or ``other`` (another solve: other
+    teacher weights, solver configuration or solver code, or no solver code recorded). A run
+    reuses ``same`` and ``covers`` and replaces nothing without ``--overwrite``."""
+    if existing is None:
         return "new"
+    stored = existing.get("identity") or {}
+    if _difference(stored, identity):
+        return "other"
     if stored == identity:
         return "same"
     seeds = identity["seeds"]
@@ -290,24 +317,48 @@ def _describe_evaluation(identity: dict[str, Any]) -> str:
             f"and metrics {', '.join(identity['metrics'])}")
 
 
+def _difference(stored: dict[str, Any], identity: dict[str, Any]) -> str:
+    """What the solve of a stored record's ``identity`` was made with that this run's is not, in
+    words; '' when it is the same solve (it may be evaluated otherwise)."""
+    if stored.get("teacher_sha256") != identity["teacher_sha256"]:
+        return f"other teacher weights (sha256 {stored.get('teacher_sha256')}, now {identity['teacher_sha256']})"
+    if "solver_code" in identity and "solver_code" not in stored:
+        return ("solver code it does not name: it was written before gasbench recorded the sha256 of a "
+                "solver's code, so whether that code changed since is unknown")
+    if stored.get("solver_code") != identity.get("solver_code"):
+        return (f"other solver code (sha256 {stored['solver_code']}, now {identity['solver_code']}): the "
+                f"solver's source files changed since")
+    if any(stored.get(k) != v for k, v in identity.items() if k not in ("seeds", "metrics")):
+        return "another solver configuration" if "solver_hash" in identity else "another reference solver"
+    return ""
+
+
 def _conflict_error(conflicts: list[tuple[Path, dict, dict]]) -> GasbenchError:
-    path, stored, identity = conflicts[0]
-    evaluations = f"on {_describe_evaluation(stored)}, where this run asks for {_describe_evaluation(identity)}"
-    if len(conflicts) == 1:
-        found = f"{path.parent} already holds a record of the same teacher and solver evaluated {evaluations}"
+    """One message for the cells whose records a run would replace: the first such record made by
+    another solve if any (other code, weights, configuration), else the first evaluated otherwise."""
+    path, stored, identity = min(conflicts, key=lambda c: not _difference(c[1], c[2]))
+    other = _difference(stored, identity)
+    if other:
+        found = (f"{path.parent} already holds a record made with {other}" if len(conflicts) == 1 else
+                 f"{len(conflicts)} cells already hold records this run would not reproduce ({path.parent}: made "
+                 f"with {other})")
     else:
-        found = (f"{len(conflicts)} cells already hold records of the same teacher and solver evaluated otherwise "
+        evaluations = f"on {_describe_evaluation(stored)}, where this run asks for {_describe_evaluation(identity)}"
+        found = (f"{path.parent} already holds a record of the same teacher and solver evaluated {evaluations}"
+                 if len(conflicts) == 1 else
+                 f"{len(conflicts)} cells already hold records of the same teacher and solver evaluated otherwise "
                  f"than this run asks ({path.parent} {evaluations})")
     return GasbenchError(
-        f"{found}; gasbench does not replace a record by another evaluation silently. Pass --overwrite to "
-        f"recompute and replace (trained solver states are reused), or --results-dir DIR to write elsewhere."
+        f"{found}; gasbench does not replace a record silently. Pass --overwrite to recompute and replace it "
+        f"(trained solver states of the same configuration are reused), or --results-dir DIR to write elsewhere."
     )
 
 
 def _check_existing(config: RunConfig, teacher, metrics: list[Metric], cells: list[Cell], seed_sets,
                     console: Console) -> None:
-    """Before any work: stop if a cell holds a record of the same solve evaluated on other seeds or
-    metrics than this run's, and say how many records covering more than asked will be reused."""
+    """Before any work: stop if a cell holds a record this run would replace (:func:`_relation`:
+    ``conflict`` or ``other``; a damaged file, :func:`~gasbench.records.stored_record`), and say
+    how many records covering more than asked will be reused."""
     if config.overwrite:
         return
     wanted = [(cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe), _cell_identity(teacher, cell, metrics, seed_sets))
@@ -317,11 +368,11 @@ def _check_existing(config: RunConfig, teacher, metrics: list[Metric], cells: li
         wanted.append((cell_dir(config.results_dir, teacher.name, TEACHER_LABEL, teacher.reference.nfe), teacher_identity))
     conflicts, covering = [], 0
     for directory, identity in wanted:
-        existing = read_record(directory / "metrics.json")
+        existing = stored_record(directory / "metrics.json")
         relation = _relation(existing, identity)
         covering += relation == "covers"
-        if relation == "conflict":
-            conflicts.append((directory / "metrics.json", existing["identity"], identity))
+        if relation in ("conflict", "other"):
+            conflicts.append((directory / "metrics.json", existing.get("identity") or {}, identity))
     if conflicts:
         raise _conflict_error(conflicts)
     if covering:
@@ -334,10 +385,10 @@ def _reusable(path: Path, identity: dict, overwrite: bool) -> Optional[dict[str,
     checked again under the cell's lock, as another process may have written it meanwhile."""
     if overwrite:
         return None
-    existing = read_record(path)
+    existing = stored_record(path)
     relation = _relation(existing, identity)
-    if relation == "conflict":
-        raise _conflict_error([(path, existing["identity"], identity)])
+    if relation in ("conflict", "other"):
+        raise _conflict_error([(path, existing.get("identity") or {}, identity)])
     return existing if relation in ("same", "covers") else None
 
 
@@ -408,7 +459,7 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
         **_common_fields(config, teacher, metrics, seed_sets, identity),
         "method": cell.label,
         "solver": {"name": cell.solver.name, "learned": cell.solver.learned, **solver_config,
-                   "hash": identity["solver_hash"],
+                   "hash": identity["solver_hash"], "code_sha256": identity["solver_code"],
                    **({"state_sha256": sha256_of(out_dir / STATE_FILE)} if cell.solver.learned else {})},
         "nfe": cell.nfe,
         "nfe_measured": stats.nfe / batches,

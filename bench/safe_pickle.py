@@ -131,6 +131,9 @@ _ADMITTED_GLOBALS = {
 for _core in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x and 2.x spellings
     _ADMITTED_GLOBALS[_core, "scalar"] = _numpy_scalar
     _ADMITTED_GLOBALS[_core, "_reconstruct"] = _numpy_reconstruct
+# R3GAN's stages record their compute dtype (R3GAN Networks.py:119): inert torch.dtype values
+for _dtype in ("float32", "float16", "bfloat16"):
+    _ADMITTED_GLOBALS["torch", _dtype] = getattr(torch, _dtype)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -31,10 +31,14 @@ from gasbench.records import TEACHER_LABEL, iter_records
 
 FORMATS = ("markdown", "latex", "csv")
 # What a cell cost, recorded with it and tabled like a metric (lower is better): the learned
-# solver's fit and the sampling of every seed set, in seconds of wall time
+# solver's fit and the sampling of every seed set, in seconds of wall time; the fit's student
+# network passes (forward + backward per sample), its iterations and the teacher solutions it read
 COSTS = {
     "train_s": lambda record: (record.get("training") or {}).get("wall_time_s"),
     "sample_s": lambda record: record.get("wall_time_s"),
+    "train_passes": lambda record: ((record.get("training") or {}).get("passes") or {}).get("total"),
+    "train_iterations": lambda record: (record.get("training") or {}).get("iterations"),
+    "teacher_solves": lambda record: (record.get("training") or {}).get("teacher_solves"),
 }
 
 

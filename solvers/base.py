@@ -9,10 +9,15 @@ with :func:`handcrafted_solver`.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import inspect
 import json
+import sys
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from gasbench.errors import GasbenchError
@@ -61,6 +66,56 @@ class Solver(ABC):
     def config_hash(self, teacher) -> str:
         blob = json.dumps({"solver": self.name, **self.resolved_config(teacher)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def code_sha256(cls) -> str:
+        """sha256 (16 hex digits) of the source files this solver's results depend on: the modules
+        of its class and base classes (a handcrafted solver's loop module; a plugin's own file) and
+        the ``gasbench.solvers`` modules, or modules of the plugin's own package, they import,
+        transitively (executor, schedules, learned, ...). Read once per process, when first asked
+        (before any sampling), so it names the code that ran. An edit anywhere in one of these files
+        counts; a solver defined where there is no file (an interactive session) hashes nothing."""
+        return _code_sha256(cls)
+
+
+@functools.cache
+def _code_sha256(cls: type) -> str:
+    # by content, not module name: a plugin file imported under another name is the same code
+    digests = sorted(hashlib.sha256(source).hexdigest() for source in _code_sources(cls).values())
+    return hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
+
+
+def _code_sources(cls: type) -> dict[str, bytes]:
+    """Module name -> source of the modules :meth:`Solver.code_sha256` covers."""
+    own = cls.__module__.split(".")[0] + "."
+    follow = ("gasbench.solvers.",) if own == "gasbench." else ("gasbench.solvers.", own)
+    pending = [c.__module__ for c in cls.__mro__[: cls.__mro__.index(Solver) + 1]]
+    sources: dict[str, bytes] = {}
+    while pending:
+        name = pending.pop()
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if name in sources or path is None:
+            continue
+        sources[name] = Path(path).read_bytes()
+        if path.endswith(".py"):
+            pending += [dep for dep in _imported(sources[name], module.__package__) if dep.startswith(follow)]
+    return sources
+
+
+def _imported(source: bytes, package: str | None) -> set[str]:
+    """Every name an import statement of ``source`` may bind to a module (``from a import b``: a
+    and a.b), relative imports resolved against ``package``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level and not package:
+                continue
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level else node.module
+            names.update([base, *(f"{base}.{alias.name}" for alias in node.names)])
+    return names
 
 
 def _coerce(solver: str, key: str, value: Any, default: Any) -> Any:

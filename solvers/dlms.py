@@ -12,18 +12,32 @@ and the next time scale of a data-prediction multistep update:
 of order m = min(p, evaluations so far) (p: option ``order``). Rows depend on the sample, so the
 solver is an :class:`~gasbench.solvers.executor.AdaptiveTable` run by the shared executor.
 
-g_phi (Fig. 2) is a two-layer MLP on [h, t, one-hot step index] -> SiLU -> ``hidden`` units ->
-p + 1 outputs: a_2..a_p (a_1 = 1 - the others, so the sum is one exactly), the next time and the
-log time scale. Its output biases are per step, and the last layer's weights start at zero, so the
-untrained solver is exactly its initialisation (Sec. 3.3, "high-order initialisation"): PLMS, i.e.
-the Adams-Bashforth weights with warm-up orders applied to the data predictions, on the
-``schedule`` (time-uniform, as the paper), with time scales 1. Times live in the teacher's
-diffusion time t (``teacher.time``, where the time-uniform schedule is defined; sigma = sigma(t)):
-each step keeps a portion in [eps, 1 - eps] of the remaining time, t_n = delta + (t_{n-1} - delta)
-* portion, so per-sample schedules stay strictly decreasing and never collapse; the last step
-always ends at delta = t(sigma_min). With the built-in UNets h is the middle block's output,
-mean-pooled (2.4k-2.7k designer parameters on digits at NFE 4-10; the paper's ~9k suit
-CIFAR-10's wider bottleneck); analytic teachers give a substitute (:meth:`Teacher.denoise_with_features`).
+g_phi (Fig. 2; "modified from AMED-Plugin", Appendix A) maps embeddings of the bottleneck feature
+h (without gradient), the time and the step index through a fully connected layer to p + 1
+outputs: a_2..a_p (a_1 = 1 - the others, so the sum is one exactly), the next time and the time
+scale. Option ``designer``: ``embeddings`` is AMED-Plugin's ``AMED_predictor`` (diff-sampler,
+amed-solver-main/training/networks.py): h -> ``hidden`` (its 128) -> SiLU -> 4 units, the EDM time
+sigma (Sec. 4.1: sigma_t = t) -> 8 sinusoidal channels -> linear -> SiLU, and the step index's
+embedding as per-step output biases; 9.0k parameters on a 64-channel h (Sec. 4.1: "only 9k"), the
+paper's form (:meth:`DLMSSolver.paper_budget`). ``mlp`` (default) is one hidden layer on the raw
+[h, t, one-hot step index], 2.5k parameters on digits at ``hidden`` = 32: at the CPU budget it
+fitted better than ``embeddings`` (whose outputs move through 12 weights only) and than itself at
+128 units (9.8k parameters, unstable at lr 5e-3 over training seeds). h is the teacher's
+bottleneck: the built-in UNets' middle block mean-pooled over space (AMED-Plugin takes the 8x8
+map's channel mean, solvers_amed.py ``get_amed_prediction``); analytic teachers give a
+substitute (:meth:`Teacher.denoise_with_features`).
+
+The last layer's weights start at zero, so the untrained solver is its output biases (Sec. 3.3,
+high-order initialisation): PLMS (Adams-Bashforth weights with warm-up orders on the data
+predictions) on the ``schedule`` (time-uniform, as the paper) with time scales 1. Next time (the
+paper fixes t_N, not how t_n is parameterised): each step keeps a portion sigmoid(.) in
+[eps, 1 - eps] of the remaining diffusion time t (``teacher.time.t``, where the time-uniform
+schedule lives), t_n = delta + (t_{n-1} - delta) portion, so per-sample schedules decrease
+strictly, and the last step ends at delta = t(sigma_min). Time scale (the paper states no
+bound), option ``time_scale``: ``exp`` (default, unbounded) or ``bounded``, AMED-Plugin's
+1 - b + 2b sigmoid(.) in [1 - b, 1 + b] for b = ``scale_bound`` (networks.py ``scale_time``; 0.2
+in its launch.sh; b = 0 is Table 3's "w/o time scaling"), whose slope b/2 at 0 also slows the
+scale's learning.
 
 Analytical first step (AFS, Sec. 3.3, option ``afs``, default on as the paper's main results): x_T
 is a virtual step with D_0 = 0 and h_0 = 0, no network call, so NFE evaluations make NFE + 1
@@ -32,27 +46,25 @@ output enters the buffer Q like any other (PLMS's warm-up extrapolates from it; 
 whose mean is far from zero, leaving it out trained worse at NFE 4 and 10).
 
 Training (Algorithm 1): student and teacher start from the batch's train noise; the teacher Phi_t
-is DPM-Solver++(2M) with ``interpolation_steps`` M intermediate steps, uniform in log sigma,
-between the student's consecutive per-sample times, run without gradient. For n = 2..N the
-student's x_{n-1} is recomputed from the detached x_{n-2} with the live t_{n-1}, s_{n-1} and
-coefficients, evaluated, and stepped to x_n with t_n stopped; the loss d(x_n^S, x_n^T) is
-backpropagated at once, then the buffer Q, x_{n-1} and t_{n-1} are detached, so memory does not
-grow with NFE. One gradient clip and Adam step per batch (lr 5e-3, as the paper); the shared fit
-loop keeps the EMA. d is the squared distance; at the final step the paper uses an Inception
-distance for pixel teachers, unaffordable on a CPU, so there it is the ``loss`` option (L2 by
-default), which is also the validation loss against the cached reference solutions, as for every
-learned solver. The feature h enters g_phi without gradient (an input, not a path to the network).
-
-Paper defaults: order p = 4 and M = 4 for pixel teachers (Appendix B, EDM); p = 3 and M = 1 for
-latent ones (LSUN-Bedroom); p = 2 and M = 1 for text-to-image (Stable Diffusion). The CPU budget
-of the built-in teachers is in :class:`DLMSSolver`.
+is DPM-Solver++ (the paper gives no order: 2M here, :func:`dpmpp2m_interval`) with
+``interpolation_steps`` M intermediate steps, uniform in log sigma, between the student's
+consecutive per-sample times, restarted at each interval (Phi_t(x_{n-1}^T, t_{n-1}, t_n, M) takes
+only the state), run without gradient. For n = 2..N the student's x_{n-1} is recomputed from the
+detached x_{n-2} with the live t_{n-1}, s_{n-1} and coefficients, evaluated, and stepped to x_n
+with t_n stopped; the loss d(x_n^S, x_n^T) is backpropagated at once, then the buffer Q, x_{n-1}
+and t_{n-1} are detached, so memory does not grow with NFE. One gradient clip and Adam step per
+batch (lr 5e-3, as the paper); the shared fit loop keeps the EMA. d is the squared distance; at
+the final step it is the ``loss`` option (L2 by default), which is also the validation loss
+against the cached reference solutions, as for every learned solver (the paper's Inception
+distance there for pixel teachers has no differentiable counterpart in gasbench; the paper budget
+uses LPIPS-VGG). Appendix B's settings per teacher: :meth:`DLMSSolver.paper_budget`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +78,31 @@ from gasbench.solvers.learned import LOSSES, TRAINING_OPTIONS, LearnedSolver, di
 from gasbench.solvers.schedules import make_sigmas
 
 PORTION_EPS = 1e-5  # each step keeps a portion in [eps, 1 - eps] of the time left
+DESIGNERS = ("embeddings", "mlp")
+TIME_SCALES = ("exp", "bounded")
+# Appendix B: order p, interpolation steps M, trajectories; batch: see paper_budget. afhqv2 (not in
+# the paper) takes FFHQ's; the paper's ImageNet 256 is Guided-Diffusion (pixel, guidance 2.0).
+PAPER_SETTINGS = {
+    "cifar10": (4, 4, 20_000, 128),
+    "ffhq": (4, 4, 20_000, 64),
+    "afhqv2": (4, 4, 20_000, 64),
+    "lsun-bedroom": (3, 1, 10_000, 64),
+    "imagenet256": (3, 3, 5_000, 64),
+    "imagenet256-dit": (3, 3, 5_000, 64),
+    "sd15": (2, 1, 5_000, 32),
+}
+MODALITY_SETTINGS = {"pixel": "cifar10", "latent": "lsun-bedroom", "text": "sd15"}
+PAPER_EMA_HALF_LIFE_KIMG = 2  # Sec. 3.3: half-lives of 1, 2 and 3 kimg
+TIME_CHANNELS = 8  # AMED-Plugin's noise_channels: sinusoidal channels of the time embedding
+FEATURE_UNITS = 4  # AMED-Plugin's bottleneck_output_dim: the feature embedding's width
+
+
+def time_embedding(t: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 8): cos and sin of t at frequencies 10^(-4 i / 3), i = 0..3 (DDPM++'s
+    positional embedding with endpoint=True, as AMED-Plugin's ``map_noise``)."""
+    half = TIME_CHANNELS // 2
+    angles = t[:, None] * 1e-4 ** (torch.arange(half, dtype=t.dtype) / (half - 1))
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
 @dataclass
@@ -77,6 +114,8 @@ class Designer:
     points: int  # evaluation points = steps (NFE, plus the analytical first step)
     order: int
     afs: bool
+    kind: str = "mlp"
+    scale_bound: Optional[float] = None  # None: exp, unbounded
 
     @property
     def t_max(self) -> float:
@@ -93,13 +132,26 @@ class Designer:
         """Order m of the update after point n: the outputs available, up to p (warm-up)."""
         return min(self.order, n + 1)
 
+    def outputs(self, n: int, features: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The p + 1 raw outputs (B, p + 1) of g_phi(h_n, t_n, n) (module docstring, ``designer``)."""
+        p = self.params
+        if self.kind == "mlp":
+            step = features.new_zeros(len(features), self.points)
+            step[:, n] = 1.0
+            hidden = F.silu(torch.cat([features, t[:, None], step], dim=1) @ p["w1"] + p["b1"])
+            return hidden @ p["w2"] + p["b2"][n]
+        h = F.silu(features @ p["feature_w1"] + p["feature_b1"]) @ p["feature_w2"] + p["feature_b2"]
+        time = F.silu(time_embedding(self.sigma(t)) @ p["time_w"] + p["time_b"])
+        return torch.cat([h, time], dim=1) @ p["w2"] + p["b2"][n]
+
+    def scale(self, raw: torch.Tensor) -> torch.Tensor:
+        """The time scale from its output: exp, or in [1 - b, 1 + b] for a bound b; 1 at 0."""
+        b = self.scale_bound
+        return raw.exp() if b is None else 1 - b + 2 * b * torch.sigmoid(raw)
+
     def __call__(self, n: int, features: torch.Tensor, t: torch.Tensor):
         """g_phi(h_n, t_n, n): coefficients (B, m) summing to one, t_{n+1} (B,), s_{n+1} (B,)."""
-        p = self.params
-        step = features.new_zeros(len(features), self.points)
-        step[:, n] = 1.0
-        hidden = F.silu(torch.cat([features, t[:, None], step], dim=1) @ p["w1"] + p["b1"])
-        out = hidden @ p["w2"] + p["b2"][n]
+        out = self.outputs(n, features, t)
         m = self.history(n)
         rest = out[:, : max(m - 1, 0)]
         a = torch.cat([1 - rest.sum(1, keepdim=True), rest], dim=1) if m > 0 else out[:, :0]
@@ -108,7 +160,7 @@ class Designer:
         else:
             portion = torch.sigmoid(out[:, -2]) * (1 - 2 * PORTION_EPS) + PORTION_EPS
             t_next = self.delta + (t - self.delta) * portion
-        return a, t_next, out[:, -1].exp()
+        return a, t_next, self.scale(out[:, -1])
 
 
 def multistep(x: torch.Tensor, sigma, sigma_next, a: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
@@ -186,10 +238,11 @@ def dpmpp2m_interval(sigma_from: torch.Tensor, sigma_to: torch.Tensor, steps: in
 class DLMSSolver(LearnedSolver):
     """DLMS; see the module docstring.
 
-    CPU budget for the built-in teachers: 60 iterations at batch 20 (the paper distils on 20k
-    trajectories) drawn from 700 train pairs, of which only the noise is used (the teacher solver
-    runs online). An iteration costs about (NFE + 1)(M + 1) teacher and NFE student evaluations
-    with their backward passes: on digits about 0.5 s at NFE 4 and 1.5 s at NFE 10 on one core.
+    CPU budget for the built-in teachers: 60 iterations at batch 20 (1,200 trajectories; the paper
+    distils on 5k-20k, :meth:`paper_budget`) drawn from 700 train pairs, of which only the noise is
+    used (the teacher solver runs online). An iteration costs (:meth:`passes_per_iteration`)
+    (NFE + 1)(M + 1) teacher and NFE student evaluations with their backward passes: on digits
+    about 0.5 s at NFE 4 and 1.5 s at NFE 10 on one core.
     """
 
     name = "dlms"
@@ -198,7 +251,10 @@ class DLMSSolver(LearnedSolver):
         "order": 4,
         "afs": True,
         "interpolation_steps": 4,
+        "designer": "mlp",
         "hidden": 32,
+        "time_scale": "exp",
+        "scale_bound": 0.2,
         **{k: v for k, v in TRAINING_OPTIONS.items() if k != "checkpointing"},
         "iterations": 60,
         "batch_size": 20,
@@ -206,8 +262,35 @@ class DLMSSolver(LearnedSolver):
         "loss": "l2",
         "train_size": 700,
     }
-    choices = {"order": tuple(ADAMS_BASHFORTH), "loss": LOSSES}
+    choices = {"order": tuple(ADAMS_BASHFORTH), "loss": LOSSES, "designer": DESIGNERS, "time_scale": TIME_SCALES}
     validation_size = 200  # S4S's: the same 700 + 200 teacher pairs serve both
+
+    @classmethod
+    def paper_budget(cls, teacher) -> dict:
+        """Appendix B per teacher (by name, else by modality: pixel EDM, latent LSUN-Bedroom,
+        text Stable Diffusion): order p, interpolation steps M, trajectories (one noise each, used
+        once). Sec. 4.1: Adam 5e-3, time-uniform PLMS start, the 9k designer (Fig. 2). Sec. 3.3:
+        AFS; EMA half-life 1, 2 or 3 kimg (2 here; the paper keeps the best of four sets); an
+        Inception distance at the final step for pixel teachers (LPIPS-VGG here, the nearest).
+        No batch size is given: AMED-Plugin's launch.sh (whose designer DLMS modifies, Appendix A)
+        uses 128 on CIFAR-10, 64 on FFHQ, ImageNet-64 and LSUN-Bedroom, 32 on Stable Diffusion."""
+        name = teacher.name if teacher.name in PAPER_SETTINGS else MODALITY_SETTINGS.get(teacher.modality)
+        if name is None:
+            return {}
+        order, steps, trajectories, batch = PAPER_SETTINGS[name]
+        return {"order": order, "interpolation_steps": steps, "designer": "embeddings", "hidden": 128,
+                "schedule": "time-uniform", "afs": True, "lr": 5e-3, "batch_size": batch,
+                "train_size": trajectories, "iterations": trajectories // batch,
+                "ema": 0.5 ** (batch / (PAPER_EMA_HALF_LIFE_KIMG * 1000)),
+                "loss": "lpips-vgg" if teacher.modality == "pixel" else "l2"}
+
+    def passes_per_iteration(self, nfe: int) -> int:
+        """Network passes per iteration (Algorithm 1): per sample, the N - 1 student evaluations
+        of steps 2..N forward and backward, the teacher's M + 1 evaluations in each of the N
+        intervals forward only, and without AFS the first evaluation, forward only."""
+        points, steps = self._points(nfe), self.config["interpolation_steps"]
+        per_sample = 2 * (points - 1) + points * (steps + 1) + (0 if self.config["afs"] else 1)
+        return per_sample * min(self.config["batch_size"], self.config["train_size"])
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -215,14 +298,19 @@ class DLMSSolver(LearnedSolver):
             raise GasbenchError(f"solver 'dlms' needs interpolation_steps >= 0, got {self.config['interpolation_steps']}.")
         if self.config["hidden"] < 1:
             raise GasbenchError(f"solver 'dlms' needs hidden >= 1 designer units, got {self.config['hidden']}.")
+        if not 0 <= self.config["scale_bound"] < 1:
+            raise GasbenchError(f"solver 'dlms' needs 0 <= scale_bound < 1 (bounded time scales lie in [1 - b, 1 + b]), "
+                                f"got {self.config['scale_bound']}.")
 
     def _points(self, nfe: int) -> int:
         if nfe < 1:
             raise GasbenchError(f"NFE must be at least 1, got {nfe}.")
         return nfe + int(self.config["afs"])
 
-    def parameters_for(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
-        cfg, points = self.config, self._points(nfe)
+    def initial_biases(self, teacher, points: int) -> torch.Tensor:
+        """Per-step output biases (points, p + 1) that make the untrained designer PLMS on
+        ``schedule`` with time scales 1 (Sec. 3.3, high-order initialisation)."""
+        cfg = self.config
         sigmas = make_sigmas(cfg["schedule"], points, teacher)
         t = torch.tensor([teacher.time.t(float(s)) for s in sigmas], dtype=torch.float64)
         t_max, delta = teacher.time.t(teacher.sigma_max), teacher.time.t(teacher.sigma_min)
@@ -230,11 +318,7 @@ class DLMSSolver(LearnedSolver):
         portions = (t[1:-1] - delta) / (t[:-2] - delta)
         if not bool(((portions > PORTION_EPS) & (portions < 1 - PORTION_EPS)).all()):
             raise GasbenchError(f"schedule '{cfg['schedule']}' does not give {points} strictly decreasing steps for DLMS.")
-        inputs, out = teacher.feature_dim + 1 + points, cfg["order"] + 1
-        bound = 1 / math.sqrt(inputs)  # torch.nn.Linear's default initialisation
-        generator = torch.Generator().manual_seed(cfg["seed"])
-        uniform = lambda *shape: (torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound  # noqa: E731
-        b2 = torch.zeros(points, out, dtype=torch.float64)
+        b2 = torch.zeros(points, cfg["order"] + 1, dtype=torch.float64)
         designer = Designer({}, teacher, points, cfg["order"], cfg["afs"])
         for n in range(points):
             m = designer.history(n)
@@ -242,11 +326,32 @@ class DLMSSolver(LearnedSolver):
                 b2[n, : m - 1] = torch.tensor(ADAMS_BASHFORTH[m][1:], dtype=torch.float64)
             if n < points - 1:
                 b2[n, -2] = torch.logit((portions[n] - PORTION_EPS) / (1 - 2 * PORTION_EPS))
-        return {"w1": uniform(inputs, cfg["hidden"]), "b1": uniform(cfg["hidden"]),
-                "w2": torch.zeros(cfg["hidden"], out, dtype=torch.float64), "b2": b2}
+        return b2
+
+    def parameters_for(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
+        cfg, points = self.config, self._points(nfe)
+        b2 = self.initial_biases(teacher, points)
+        width, out = cfg["hidden"], cfg["order"] + 1
+        generator = torch.Generator().manual_seed(cfg["seed"])
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
+        draw = lambda *shape: torch.rand(*shape, generator=generator, dtype=torch.float64) * 2 - 1  # noqa: E731
+        if cfg["designer"] == "mlp":
+            inputs = teacher.feature_dim + 1 + points
+            bound = 1 / math.sqrt(inputs)  # torch.nn.Linear's default initialisation
+            return {"w1": draw(inputs, width) * bound, "b1": draw(width) * bound, "w2": zeros(width, out), "b2": b2}
+        # AMED-Plugin's Linear: kaiming-normal weights (xavier-uniform for the time map), zero biases
+        normal = lambda fan_in, fan_out: (  # noqa: E731
+            torch.randn(fan_in, fan_out, generator=generator, dtype=torch.float64) / math.sqrt(fan_in))
+        features = teacher.feature_dim
+        return {"feature_w1": normal(features, width), "feature_b1": zeros(width),
+                "feature_w2": normal(width, FEATURE_UNITS), "feature_b2": zeros(FEATURE_UNITS),
+                "time_w": draw(TIME_CHANNELS, TIME_CHANNELS) * math.sqrt(3 / TIME_CHANNELS), "time_b": zeros(TIME_CHANNELS),
+                "w2": zeros(FEATURE_UNITS + TIME_CHANNELS, out), "b2": b2}
 
     def designer(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> Designer:
-        return Designer(params, teacher, self._points(nfe), self.config["order"], self.config["afs"])
+        cfg = self.config
+        bound = cfg["scale_bound"] if cfg["time_scale"] == "bounded" else None
+        return Designer(params, teacher, self._points(nfe), cfg["order"], cfg["afs"], cfg["designer"], bound)
 
     def table_from(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> DLMSTable:
         return DLMSTable(self.designer(params, teacher, nfe))

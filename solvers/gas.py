@@ -17,8 +17,10 @@ that code's Gamma (default 0.2), so each penalty weighs ``gamma / 2``.
 
 Discriminator (option ``discriminator``): by default
 :class:`~gasbench.solvers.discriminator.CompactDiscriminator`, random-initialised from the fit's
-seed; ``r3gan`` for R3GAN's own layout at three-quarter width (the paper's latent teachers), or
-the path of an R3GAN release pickle (the paper's pixel teachers, :mod:`gasbench.solvers.r3gan`).
+seed; ``r3gan`` for R3GAN's own layout at three-quarter width, random-initialised (the paper's
+latent teachers); ``r3gan-pretrained`` for the R3GAN checkpoint the paper fine-tunes on the pixel
+teacher (CIFAR-10's for cifar10, FFHQ-64's for ffhq and afhqv2), or the path of an R3GAN release
+pickle (:mod:`gasbench.solvers.r3gan`).
 The paper trains its discriminators with Adam lr 1e-5 over 10k-30k iterations; a built-in
 teacher's CPU budget is a few hundred iterations, so ``disc_lr`` defaults to 1e-4 (the paper's
 1e-5 is one option away: ``--solver-arg disc_lr=1e-5``).
@@ -39,7 +41,8 @@ from gasbench import distributed
 from gasbench.registry import register_solver
 from gasbench.solvers.discriminator import CompactDiscriminator
 from gasbench.solvers.gs import GeneralizedSolver
-from gasbench.solvers.r3gan import LATENT_LAYOUT, R3GANDiscriminator, load_r3gan_discriminator
+from gasbench.solvers.r3gan import (LATENT_LAYOUT, PRETRAINED, R3GANDiscriminator, load_r3gan_discriminator,
+                                    pretrained_discriminator_file)
 from gasbench.solvers.learned import distillation_loss
 
 
@@ -71,16 +74,39 @@ class GeneralizedAdversarialSolver(GeneralizedSolver):
         "discriminator": "compact",
     }
 
+    @classmethod
+    def paper_budget(cls, teacher) -> dict[str, Any]:
+        """GAS Appendix D.4: GS's settings plus the adversarial ones: 5,000 training pairs and
+        adversarial weight 1.0 (CIFAR-10: 1,400 and 0.1), discriminator Adam lr 1e-5, lambda_1 =
+        lambda_2 = 0.1 (``gamma`` 0.2), the pretrained R3GAN discriminator on the pixel teachers that
+        have one and R3GAN's layout from random init on latents (D.4.1-D.4.3); 2k iterations on
+        Stable Diffusion."""
+        budget = {**super().paper_budget(teacher), "train_size": 5000, "adv_weight": 1.0, "disc_lr": 1e-5, "gamma": 0.2,
+                  "discriminator": "r3gan-pretrained" if teacher.name in PRETRAINED else "r3gan"}
+        if teacher.name == "cifar10":
+            budget.update(train_size=1400, adv_weight=0.1)
+        if teacher.modality == "text":
+            budget["iterations"] = 2000
+        return budget
+
+    def passes_per_iteration(self, nfe: int) -> int:
+        """GS's forward and backward passes, plus the forward passes of the fakes the
+        discriminator step samples from fresh noise."""
+        return super().passes_per_iteration(nfe) * 3 // 2
+
     def make_discriminator(self, teacher) -> torch.nn.Module:
         """The ``discriminator`` option: ``compact`` (default), ``r3gan`` (R3GAN's FFHQ-64 layout at
-        three-quarter width, random init: GAS's choice for latent teachers) or the path of an R3GAN
-        release pickle (GAS's choice for pixel teachers), read without running its code."""
+        three-quarter width, random init: GAS's choice for latent teachers), ``r3gan-pretrained``
+        (the teacher's pretrained R3GAN checkpoint: GAS's choice for pixel teachers) or the path of
+        an R3GAN release pickle, read without running its code."""
         choice = self.config["discriminator"]
         if choice == "compact":
             return CompactDiscriminator(tuple(teacher.shape), getattr(teacher, "num_classes", 0),
                                         width=self.config["disc_width"])
         if choice == "r3gan":
             return R3GANDiscriminator(channels=teacher.shape[0], **LATENT_LAYOUT)
+        if choice == "r3gan-pretrained":
+            return load_r3gan_discriminator(pretrained_discriminator_file(teacher.name))
         return load_r3gan_discriminator(Path(choice))
 
     def start_training(self, teacher, nfe: int) -> None:

@@ -9,14 +9,37 @@ Three sets of parameters:
   portion is kept in [1e-5, 1 - 1e-5], so steps never coincide whatever theta becomes;
 * phi, additive corrections, initialised at zero, to the base solver's theoretical coefficients
   recomputed at the current time steps (DPM-Solver++(3M), "theoretical guidance", Eq. 15-19):
-  ``a_hat[n, j]`` on every previous point x_j; ``c_hat[n, j]`` on the recent outputs in the
-  base's own finite-difference basis (Algorithm 1: D_n, then D1_0, or D1 and D2) and directly on
-  the older outputs, which the base does not use;
+  ``a_hat[n, j]`` on every previous point; ``c_hat[n, j]`` on the recent outputs in the base's
+  own finite-difference basis (Algorithm 1: D_n, then D1_0, or D1 and D2) and directly on the
+  older outputs, which the base does not use;
 * xi, offsets of the times at which the denoiser is evaluated (decoupling), not clamped: the
-  denoiser is fed sigma(t_n + xi_n) while the update integrates on the t_n.
+  network is called at sigma(t_n + xi_n) while the update integrates on the t_n.
 
-So untrained GS *is* DPM-Solver++(3M) on the same steps, with the same ``lower_order_final``
-convention as the ``dpmpp3m`` solver (default on; the GAS code has none: set it false to match).
+Untrained GS *is* DPM-Solver++(3M) on the same steps. Three choices follow the GAS release
+(github.com/3145tttt/GAS, ``src/gas/generalized_solver.py``), each an option whose other value is
+this module's earlier form:
+
+* ``correction_space`` (default ``vp``): the corrections are added in the VP state y = alpha x,
+  alpha = 1 / sqrt(1 + sigma^2), as the release's updates do (generalized_solver.py:222-313:
+  a{i}_diff on y_(n-i+1), c{i}_diff on the data predictions, the result being y_(n+1)). In x that is
+  a_hat[n, j] alpha_j / alpha_(n+1) on x_j and c_hat / alpha_(n+1) on the outputs. ``edm`` adds them
+  to x directly, which rescales the optimiser's effective step per coefficient;
+* ``decouple_space`` (default ``vp``): the release's ``model_fn`` (generalized_solver.py:39-41)
+  gives the network the unchanged VP state as if at t_n + xi_n and turns its noise prediction into
+  data with alpha, sigma of t_n (see :func:`decoupled_output`); ``edm`` uses D(x_n, sigma(t_n + xi_n))
+  as it comes. Eq. 13 evaluates x_T itself first, so evaluation 0 keeps the ``edm`` form in both
+  (the release would rescale x_T there);
+* ``lower_order_final`` (default true): true lowers the last updates as the ``dpmpp3m`` solver
+  does (orders 1, 2, 2, 1 at NFE 4); false gives the base order min(n + 1, 3) at update n, as GAS
+  Algorithm 1 and the release (``cur_order = min(step, order)``, generalized_solver.py:387,
+  main.py:72) have.
+
+For a teacher whose own time is not VP (EDM, flow matching) alpha is still the VP alpha of its
+sigma: GAS and its release are VP throughout. Measured on digits (3 seed sets, FD / RMSE, NFE 4
+and 8): the release's corrections and decoupling with our lowered final orders give 3.90 / 0.053
+and 3.99 / 0.019, against 4.71 / 0.062 and 4.00 / 0.030 for the earlier EDM form; the release's
+base order as well gives 7.31 / 0.182 and 4.82 / 0.078, so ``lower_order_final`` stays on
+(docs/fidelity.md).
 
 Ablations (as solver options):
 
@@ -40,6 +63,8 @@ Every variant is a sampling loop over symbolic vectors traced into an Eq. 13 tab
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from gasbench.errors import GasbenchError
@@ -51,6 +76,7 @@ from gasbench.solvers.schedules import make_sigmas
 
 PORTION_EPS = 1e-5  # stick-breaking portions live in [eps, 1 - eps] (GAS code: eps_mu_offset)
 PARAMETRIZATIONS = ("gs", "s4s", "s4s-pc")
+SPACES = ("vp", "edm")  # the state GS's corrections / decoupled calls act on: y = alpha x, or x itself
 
 
 def stick_breaking_times(theta: torch.Tensor, t_max: float, delta: float) -> torch.Tensor:
@@ -94,37 +120,69 @@ def dpmpp3m_step(sigmas: torch.Tensor, n: int, lower_order_final: bool) -> dict[
     return {key: torch.as_tensor(coef, dtype=sigmas.dtype) for key, coef in update.terms.items()}
 
 
-def gs_loop(model, x, sigmas, *, eval_sigmas, a_hat, c_hat, guidance=True, lower_order_final=True):
-    """GS (Eq. 20 / Algorithm 1): base DPM-Solver++(3M) + corrections on the whole history."""
+def vp_alpha(sigma: torch.Tensor) -> torch.Tensor:
+    """alpha of the VP state y = alpha x at EDM noise level sigma (alpha^2 + (alpha sigma)^2 = 1)."""
+    return (1 + sigma**2).rsqrt()
+
+
+def state_scale(sigmas: torch.Tensor, space: str) -> torch.Tensor:
+    """The factor taking x_n to the state the corrections act on: alpha_n (``vp``) or 1 (``edm``)."""
+    return vp_alpha(sigmas) if space == "vp" else torch.ones_like(sigmas)
+
+
+def decoupled_output(model, x, n: int, sigma, eval_sigma, space: str):
+    """D_n, the data prediction at the integration step sigma_n = sigma(t_n) from the denoiser call
+    at sigma(t_n + xi_n).
+
+    ``edm``: D(x_n, sigma(t_n + xi_n)) as it comes. ``vp`` (the release's
+    ``GeneralizedSolver.model_fn``, generalized_solver.py:39-41, on ``model_wrapper``'s noise
+    prediction, solver_utils.py:297-299): the network gets the VP state y_n = alpha_n x_n unchanged
+    as if at t_n + xi_n, i.e. the EDM input z = y_n / alpha', and its noise estimate
+    eps = (z - D(z, sigma')) / sigma' becomes a data prediction with t_n's own alpha, sigma:
+    D_n = x_n - sigma_n eps. The first point is x_T itself (Eq. 13 starts every table there), so
+    evaluation 0 keeps the ``edm`` form.
+    """
+    if space == "edm" or n == 0:
+        return model(x, eval_sigma)
+    ratio, scale = sigma / eval_sigma, vp_alpha(sigma) / vp_alpha(eval_sigma)
+    return (1 - ratio * scale) * x + ratio * model(scale * x, eval_sigma)
+
+
+def gs_loop(model, x, sigmas, *, eval_sigmas, a_hat, c_hat, guidance=True, lower_order_final=False,
+            correction_space="vp", decouple_space="vp"):
+    """GS (Eq. 20 / Algorithm 1): base DPM-Solver++(3M) + corrections on the whole history, added
+    to the state y = alpha x (``vp``, generalized_solver.py:222-313) or to x (``edm``)."""
     steps = len(sigmas) - 1
+    alpha = state_scale(sigmas, correction_space)
     xs, ds = [x], []
     for n in range(steps):
-        ds.append(model(xs[n], eval_sigmas[n]))
+        ds.append(decoupled_output(model, xs[n], n, sigmas[n], eval_sigmas[n], decouple_space))
+        correction = LinComb({})
         if guidance:
             k = step_order(3, n, steps, lower_order_final)
             hist_sigmas, recent = sigmas[n - k + 1 : n + 1], ds[n - k + 1 :]
             x_next = dpmpp_update(xs[n], hist_sigmas, recent, sigmas[n + 1])
             for i, vector in enumerate(derivative_basis(hist_sigmas, recent, sigmas[n + 1])):
-                x_next = x_next + c_hat[n, n - i] * vector
+                correction = correction + c_hat[n, n - i] * vector
             older = range(n - k + 1)
         else:  # no theory: every coefficient is a free parameter
             x_next, older = LinComb({}), range(n + 1)
         for j in older:
-            x_next = x_next + c_hat[n, j] * ds[j]
+            correction = correction + c_hat[n, j] * ds[j]
         for j in range(n + 1):
-            x_next = x_next + a_hat[n, j] * xs[j]
-        xs.append(x_next)
+            correction = correction + (a_hat[n, j] * alpha[j]) * xs[j]
+        xs.append(x_next + correction / alpha[n + 1])
     return xs[-1]
 
 
-def s4s_loop(model, x, sigmas, *, eval_sigmas, c, corrector=None):
+def s4s_loop(model, x, sigmas, *, eval_sigmas, c, corrector=None, decouple_space="vp"):
     """S4S's LMS (+ PC) parametrisation: x_{n+1} = a_n x_n + b_n sum_j c[n, j] D_j with the
     first-order a_n, b_n at the current steps; with ``corrector``, x_{n+1} is re-solved with
     D_{n+1} (row n of ``corrector``) once that output exists, before the next step uses it."""
     steps = len(sigmas) - 1
     ds, current, predicted = [], x, x
     for n in range(steps):
-        ds.append(model(predicted, eval_sigmas[n]))
+        ds.append(decoupled_output(model, predicted, n, sigmas[n], eval_sigmas[n], decouple_space))
         if corrector is not None and n > 0:
             a, b = sigmas[n] / sigmas[n - 1], 1 - sigmas[n] / sigmas[n - 1]
             current = a * current + b * _combination(corrector[n - 1], ds[: n + 1])
@@ -154,10 +212,13 @@ class GeneralizedSolver(LearnedSolver):
         "parametrization": "gs",
         "guidance": True,
         "decouple": True,
+        "correction_space": "vp",
+        "decouple_space": "vp",
         "lower_order_final": True,
         **TRAINING_OPTIONS,
     }
-    choices = {"parametrization": PARAMETRIZATIONS, "loss": LOSSES}
+    choices = {"parametrization": PARAMETRIZATIONS, "loss": LOSSES, "correction_space": SPACES,
+               "decouple_space": SPACES}
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -188,9 +249,13 @@ class GeneralizedSolver(LearnedSolver):
         if parametrization == "gs":
             params["a_hat"], params["c_hat"] = zeros.clone(), zeros.clone()
             if not self.config["guidance"]:
-                for n in range(nfe):  # start from DPM-Solver++(3M) on the initial steps
+                alpha = state_scale(sigmas, self.config["correction_space"])
+                for n in range(nfe):  # start from DPM-Solver++(3M) on the initial steps, in that state
                     for key, coef in dpmpp3m_step(sigmas, n, self.config["lower_order_final"]).items():
-                        params["a_hat" if key == -1 else "c_hat"][n, n if key == -1 else key] = coef
+                        if key == -1:
+                            params["a_hat"][n, n] = coef * alpha[n + 1] / alpha[n]
+                        else:
+                            params["c_hat"][n, key] = coef * alpha[n + 1]
             return params
         params["c"] = zeros.clone()
         for n in range(nfe):  # c = DPM-Solver++(3M)'s coefficients / b_n on the initial steps
@@ -219,9 +284,23 @@ class GeneralizedSolver(LearnedSolver):
         times = stick_breaking_times(params["theta"], *self._time_range(teacher))
         sigmas = teacher.time.sigma(times)
         eval_sigmas = teacher.time.sigma(times[:-1] + params["xi"]) if "xi" in params else sigmas[:-1]
-        if self.config["parametrization"] == "gs":
-            table = trace(gs_loop, sigmas, eval_sigmas=eval_sigmas, a_hat=params["a_hat"], c_hat=params["c_hat"],
-                          guidance=self.config["guidance"], lower_order_final=self.config["lower_order_final"])
-        else:
-            table = trace(s4s_loop, sigmas, eval_sigmas=eval_sigmas, c=params["c"], corrector=params.get("corrector"))
-        return table
+        cfg = self.config
+        if cfg["parametrization"] == "gs":
+            return trace(gs_loop, sigmas, eval_sigmas=eval_sigmas, a_hat=params["a_hat"], c_hat=params["c_hat"],
+                         guidance=cfg["guidance"], lower_order_final=cfg["lower_order_final"],
+                         correction_space=cfg["correction_space"], decouple_space=cfg["decouple_space"])
+        return trace(s4s_loop, sigmas, eval_sigmas=eval_sigmas, c=params["c"], corrector=params.get("corrector"),
+                     decouple_space=cfg["decouple_space"])
+
+    @classmethod
+    def paper_budget(cls, teacher) -> dict[str, Any]:
+        """GAS Appendix D.4: 1,400 training pairs, Adam lr 1e-3, EMA 0.999, clipping 1.0, and per
+        kind of teacher D.4.1 (pixels: LPIPS, batch 24, 10k iterations), D.4.2 (latents: L1 in
+        latent space, batch 8, 30k) or D.4.3 (Stable Diffusion: L1, batch 4, 1k, gradient
+        checkpointing at every UNet call)."""
+        common = {"train_size": 1400, "lr": 1e-3, "ema": 0.999, "grad_clip": 1.0}
+        if teacher.modality == "text":
+            return {**common, "loss": "l1", "batch_size": 4, "iterations": 1000, "checkpointing": True}
+        if teacher.modality == "latent":
+            return {**common, "loss": "l1", "batch_size": 8, "iterations": 30_000}
+        return {**common, "loss": "lpips-vgg", "batch_size": 24, "iterations": 10_000}

@@ -25,7 +25,7 @@ import math
 import pickle
 import time
 from abc import abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
@@ -42,6 +42,7 @@ from gasbench.faults import fault_point
 from gasbench.records import write_atomic
 from gasbench.solvers.base import Solver
 from gasbench.solvers.executor import AdaptiveTable, SolverTable, Table, execute, per_sample
+from gasbench.teachers.base import NetworkPasses
 
 STATE_FILE = "solver.safetensors"
 CONFIG_FILE = "solver.json"
@@ -102,6 +103,35 @@ def project_to_ball(offsets: torch.Tensor, radius: float) -> torch.Tensor:
     return offsets * per_sample(torch.clamp(radius / _norms(offsets), max=1.0), offsets)
 
 
+def epoch_batch(size: int, batch_size: int, iteration: int, seed: int) -> torch.Tensor:
+    """Indices of the training pairs of ``iteration``: shuffled epochs without replacement, the
+    last incomplete batch dropped, as the GAS release's loader (``shuffle=True, drop_last=True``,
+    src/gas/synt_data.py:68-72). Each epoch's permutation comes from its own seed, so a fit
+    resumed mid-epoch draws the same batches as an uninterrupted one."""
+    per_epoch = size // batch_size
+    epoch, position = divmod(iteration, per_epoch)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+def ema_decay(decay: float, updates: int) -> float:
+    """torch_ema's warm-up, which the GAS release uses (main.py:96; torch-ema 0.3): after
+    ``updates`` updates (this one included) the decay is min(decay, (1 + updates) / (10 + updates)),
+    so short CPU budgets still average over their last iterations rather than keep the
+    initialisation."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+@contextlib.contextmanager
+def counting_passes(teacher, passes: NetworkPasses):
+    """Count the network passes of ``teacher``'s denoiser calls into ``passes`` meanwhile."""
+    previous, teacher.passes = teacher.passes, passes
+    try:
+        yield passes
+    finally:
+        teacher.passes = previous
+
+
 @dataclass
 class FitResult:
     """What a fit did; also stored in ``solver.json`` and in the result record (``training``)."""
@@ -114,6 +144,14 @@ class FitResult:
     train_size: int
     validation_size: int
     resumed_at: int = 0  # iterations already done by the checkpoint this fit resumed from
+    budget: Optional[str] = None  # the named budget the options came from (gasbench run --budget)
+    # per-sample student network passes spent (teachers.base.NetworkPasses): in the training
+    # steps (forward, backward, total) and in scoring the validation pairs
+    passes: dict[str, int] = field(default_factory=dict)
+    validation_passes: int = 0
+    # the teacher's reference solutions the fit read (train + validation pairs) and their passes
+    teacher_solves: int = 0
+    teacher_passes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,12 +173,27 @@ class LearnedSolver(Solver):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
+        self.budget: Optional[str] = None  # the named budget its options came from, as recorded
         self.params: Optional[dict[str, torch.Tensor]] = None
         self.summary: dict[str, Any] = {}
         self.trained_for: Optional[tuple[str, int]] = None  # (teacher name, NFE) of self.params
         self._state_identity: dict[str, Any] = {}  # what solver.json records about them
         self.start_offsets: Optional[torch.Tensor] = None  # relaxed objective: per training pair
         self.radius = 0.0
+
+    @classmethod
+    def paper_budget(cls, teacher) -> dict[str, Any]:
+        """The options under which the method trains as its own paper and released code specify
+        on ``teacher`` (``gasbench run --budget paper``); the class's ``options`` are the CPU budget
+        of the built-in teachers. A method without stated paper settings keeps its defaults."""
+        return {}
+
+    def passes_per_iteration(self, nfe: int) -> int:
+        """Student network passes (forward + backward, per sample) one training iteration spends
+        at the configured batch: every one of the ``nfe`` evaluations of the batch's differentiable
+        solve, forward and backward (GS, S4S, LD3). Methods with other passes override it; a test
+        checks it against the count of a real iteration for every registered method."""
+        return 2 * nfe * min(self.config["batch_size"], self.config["train_size"])
 
     @abstractmethod
     def parameters_for(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
@@ -222,11 +275,19 @@ class LearnedSolver(Solver):
         torch.nn.utils.clip_grad_norm_([p for p in params.values() if p.grad is not None], cfg["grad_clip"])
         optimizer.step()
         if shift is not None and shift.grad is not None:
-            direction = shift.grad / per_sample(_norms(shift.grad), shift.grad)
-            moved = project_to_ball(shift.detach() - RELAXED_STEP * self.radius * direction, self.radius)
+            moved = self.move_start_offsets(params, teacher, nfe, batch, shift)
             # each process moved its slice's offsets; every process keeps all of them
             self.start_offsets[distributed.gather(batch["index"])] = distributed.gather(moved)
         return value
+
+    def move_start_offsets(self, params, teacher, nfe: int, batch: dict[str, torch.Tensor],
+                           shift: torch.Tensor) -> torch.Tensor:
+        """The batch's start offsets after this iteration (relaxed objective): ``shift`` holds
+        them and, in ``.grad``, the loss gradient; ``batch`` is the shifted batch and ``params``
+        are already updated. S4S Alg. 1, lines 5-6: a projected gradient step, normalised to
+        ``RELAXED_STEP`` x the radius (LD3 overrides it with its official rule)."""
+        direction = shift.grad / per_sample(_norms(shift.grad), shift.grad)
+        return project_to_ball(shift.detach() - RELAXED_STEP * self.radius * direction, self.radius)
 
     def finite_loss(self, loss: torch.Tensor, iteration: int, nfe: int, where: str = "") -> float:
         """The loss as a float; one clear message (and a stop) if it became NaN or inf."""
@@ -312,6 +373,7 @@ class LearnedSolver(Solver):
         self.radius = float(self.start_radius(teacher, nfe))
         self.start_offsets = torch.zeros(train["noise"].shape, dtype=torch.float64) if self.radius > 0 else None
         start, recent, initial_loss, elapsed = 0, [], None, 0.0
+        passes, validation_passes = NetworkPasses(), NetworkPasses()
         identity = json.dumps(self._identity(teacher, nfe, budget=False), sort_keys=True)
         if checkpoint_path is not None and Path(checkpoint_path).is_file():
             try:
@@ -332,10 +394,12 @@ class LearnedSolver(Solver):
                 self.start_offsets.copy_(state["start_offsets"])
             generator.set_state(state["generator"])
             start, recent = state["iteration"], list(state["recent"])
+            passes, validation_passes = NetworkPasses(**state["passes"]), NetworkPasses(**state["validation_passes"])
             initial_loss, elapsed = state["initial_validation_loss"], state["elapsed_s"]
         resumed_at = start
         if initial_loss is None:
-            initial_loss = self.evaluate(params, teacher, nfe, validation)
+            with counting_passes(teacher, validation_passes):
+                initial_loss = self.evaluate(params, teacher, nfe, validation)
 
         def save_checkpoint(iteration: int) -> None:
             if checkpoint_path is None or not distributed.is_main():
@@ -344,7 +408,8 @@ class LearnedSolver(Solver):
             torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "iteration": iteration,
                         "params": {k: v.detach() for k, v in params.items()}, "ema": ema,
                         "optimizer": optimizer.state_dict(), "auxiliary": self.training_state(),
-                        "start_offsets": self.start_offsets,
+                        "start_offsets": self.start_offsets, "passes": asdict(passes),
+                        "validation_passes": asdict(validation_passes),
                         "generator": generator.get_state(), "recent": recent,
                         "initial_validation_loss": initial_loss,
                         "elapsed_s": elapsed + time.perf_counter() - start_time}, buffer)
@@ -361,13 +426,11 @@ class LearnedSolver(Solver):
         with display:
             task = bar.add_task(f"[bold]fit {self.name} NFE {nfe}", total=cfg["iterations"], completed=start, loss=math.nan)
             for iteration in range(start, cfg["iterations"]):
-                index = distributed.shard(torch.randint(size, (batch_size,), generator=generator))
+                index = distributed.shard(epoch_batch(size, batch_size, iteration, cfg["seed"]))
                 batch = {**{k: v[index] for k, v in train.items()}, "index": index}
-                value = self.training_step(params, optimizer, teacher, nfe, batch, generator, iteration)
-                # EMA with the usual warm-up (torch_ema's num_updates, which the GAS code uses):
-                # decay min(ema, (1 + t) / (10 + t)) after t updates, so short CPU budgets still
-                # average over their last iterations rather than keep the initialisation
-                decay = min(cfg["ema"], (1 + iteration) / (10 + iteration))
+                with counting_passes(teacher, passes):
+                    value = self.training_step(params, optimizer, teacher, nfe, batch, generator, iteration)
+                decay = ema_decay(cfg["ema"], iteration + 1)
                 with torch.no_grad():
                     for k in params:
                         ema[k].lerp_(params[k], 1 - decay)
@@ -379,22 +442,32 @@ class LearnedSolver(Solver):
         save_checkpoint(max(start, cfg["iterations"]))
         self.params, self.trained_for = ema, (teacher.name, nfe)
         self._state_identity = self._identity(teacher, nfe)
+        with counting_passes(teacher, validation_passes):
+            final_loss = self.evaluate(ema, teacher, nfe, validation)
+        forward, backward = distributed.sum_over_ranks([passes.forward, passes.backward])  # each rank its slice
+        solves = size + len(validation["x0"])
+        reference = getattr(teacher, "reference", None)
         result = FitResult(
             iterations=max(start, cfg["iterations"]),
             wall_time_s=round(elapsed + time.perf_counter() - start_time, 2),
             initial_validation_loss=initial_loss,
-            final_validation_loss=self.evaluate(ema, teacher, nfe, validation),
+            final_validation_loss=final_loss,
             loss=cfg["loss"], train_size=size, validation_size=len(validation["x0"]), resumed_at=resumed_at,
+            budget=self.budget,
+            passes={"forward": int(forward), "backward": int(backward), "total": int(forward + backward)},
+            validation_passes=validation_passes.forward, teacher_solves=solves,
+            teacher_passes=solves * reference.nfe if reference is not None else 0,
         )
         self.summary = result.as_dict()
         return result
 
     def _identity(self, teacher, nfe: int, budget: bool = True) -> dict[str, Any]:
-        """What a saved state (``budget``) or a resumable checkpoint (not: the budget may grow) must match."""
+        """What a saved state (``budget``) or a resumable checkpoint (not: the budget may grow) must
+        match: solver, teacher, configuration and the solver's code (an edited method refits)."""
         config = self.resolved_config(teacher)
         if not budget:
             config.pop("iterations")
-        return {"solver": self.name, "nfe": nfe, "teacher": teacher.name,
+        return {"solver": self.name, "nfe": nfe, "teacher": teacher.name, "code_sha256": type(self).code_sha256(),
                 "teacher_sha256": getattr(teacher, "weights_sha256", None), **config}
 
     def steps(self, params: dict[str, torch.Tensor], teacher, nfe: int) -> dict[str, torch.Tensor]:
@@ -469,6 +542,6 @@ def load_saved_solver(directory: Path) -> tuple[LearnedSolver, Any, int]:
     if not solver.load_state(directory, teacher, nfe):
         raise GasbenchError(
             f"the state in {directory} does not match {name} for teacher '{teacher_name}' at NFE {nfe} (other "
-            f"teacher weights, or a damaged {STATE_FILE}); rerun the cell with --overwrite."
+            f"teacher weights, solver code changed since, or a damaged {STATE_FILE}); rerun the cell with --overwrite."
         )
     return solver, teacher, nfe

@@ -4,9 +4,11 @@ S4S learns *time-dependent* solver coefficients (Sec. 3.1.1, Table 1) on a fixed
 starting from a handcrafted solver, by minimising the global error to the teacher's sample
 under the relaxed objective (Eq. 7 / 9): each training pair's start point moves inside an L2
 ball around its noise by projected steps (Algorithm 1), radius r proportional to m^(-5/2) for m
-learned scalars (Appendix G.2; the paper gives only the proportionality: we take
-r = 2 sqrt(C H W) / m^(5/2) in unit-noise norm, which makes the ball of third-order S4S at NFE 4
-(m = 9) the size of LD3's; ``relax`` scales it, 0 gives the exact objective Eq. 6).
+learned scalars (Appendix G.2). The paper gives only the proportionality; we anchor it at LD3's
+radius (S4S takes its relaxation from LD3, Sec. 3.1.2): r = r_LD3(N) (m_LD3 / m)^(5/2) in
+unit-noise norm, r_LD3(N) = 1e-3 C H W / N^2 the official LD3 radius at NFE N and
+m_LD3 = 2N - 1 LD3's own learned scalars, so a solver learning as many scalars as LD3 gets LD3's
+ball. ``relax`` scales it, 0 gives the exact objective Eq. 6.
 
 In EDM's sigma space (alpha = 1) the updates of Table 1 (noise prediction) and Table 7 (data
 prediction) read, for step i from sigma_{i-1} to sigma_i with a window of k = ``order`` outputs:
@@ -17,8 +19,11 @@ prediction) read, for step i from sigma_{i-1} to sigma_i with a window of k = ``
   DPM-Solver++(kM) (``init=dpmpp``) and UniPC's predictor (``init=unipc``) are of this form;
 * LMS + PC (``s4s-pc``): the data LMS predictor, then once D_i is evaluated at the predicted
   point, x_i is re-solved from x_{i-1} with corrector coefficients on D_i and the k before it
-  (no extra NFE). With ``init=unipc`` it *is* UniPC (bh1, order k); with ``init=dpmpp`` the
-  corrector starts as the identity;
+  (``corrector_width=k+1``, no extra NFE). With ``init=unipc`` it *is* UniPC (bh1, order k),
+  whose corrector UniC-k weighs k + 1 outputs; with ``init=dpmpp`` the corrector starts as the
+  identity. Table 1 counts k corrector coefficients per step (``corrector_width=k``: D_i and the
+  k - 1 before it), which no UniPC fits: the corrector then starts as UniC-(k-1) (``unipc``) or
+  as the predictor's update without its oldest output (``dpmpp``);
 * SS (``s4s-ss``): two-stage single-step, kappa_1 = eps(x_{i-1}, sigma_{i-1}),
   kappa_2 = eps(x_{i-1} + a_i h_i kappa_1, sigma_{i-1}^(1-c_i) sigma_i^(c_i)),
   x_i = x_{i-1} + h_i (b_{1,i} kappa_1 + b_{2,i} kappa_2), h_i = sigma_i - sigma_{i-1}: the stage
@@ -26,18 +31,25 @@ prediction) read, for step i from sigma_{i-1} to sigma_i with a window of k = ``
   sigma in [0.002, 80]), initialised at DPM-Solver-2 (midpoint in log-SNR, Table 8's DPM-Solver (2S)).
 
 S4S-Alt (Sec. 3.2, Algorithm 2) adds LD3's time steps and decoupled network times
-(:mod:`gasbench.solvers.ld3`, S4S Appendix E) to the LMS and alternates K = ``rounds`` times
-between a coefficient phase and a time-step phase on the same relaxed objective and offsets.
+(:mod:`gasbench.solvers.ld3`, S4S Appendix E, window from the smallest step gap as Eq. E.2) to
+the LMS and alternates K = ``rounds`` times between a coefficient phase and a time-step phase
+(Algorithm 2, coefficients first) on the same relaxed objective and offsets. The paper starts
+the time steps from an LD3 schedule (Sec. 4.2: "initialized with iPNDM coefficients and LD3
+discretization"): ``init_steps=ld3`` first fits :class:`~gasbench.solvers.ld3.LD3` on the
+handcrafted solver of ``init`` (its own budget and first pairs), ``schedule`` starts from the
+``schedule``.
 
-Budgets (Appendix G.2): S4S 700 training pairs, batch 20, 10 epochs (350 iterations), 200
-validation pairs; S4S-Alt 1,400 pairs, batch 40, 400 validation pairs, K = 8 alternations until
-convergence in the paper, here K = 4 rounds of 20 iterations per phase (160 iterations, the
-2-minute CPU budget of a built-in teacher's cell; raise ``iterations`` / ``rounds`` on a GPU).
+Budgets (Appendix G.2, :meth:`paper_budget`): S4S 700 training pairs (latent: 600), batch 20,
+10 epochs, 200 validation pairs; S4S-Alt 1,400 pairs (latent: 1,000), batch 40, 400 validation
+pairs, K = 8 alternations, each phase "until convergence", which we take as one epoch, from an
+LD3 schedule. The CPU default of S4S-Alt is K = 8 rounds of 10 iterations per phase from the
+``schedule`` (160 iterations, the 2-minute budget of a built-in teacher's cell; on digits at NFE 4
+the LD3 start lowered the validation loss but not FD or RMSE).
 """
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
 import torch
 
@@ -45,12 +57,14 @@ from gasbench.errors import GasbenchError
 from gasbench.registry import register_solver
 from gasbench.solvers.executor import LinComb, SolverTable, trace
 from gasbench.solvers.handcrafted import ADAMS_BASHFORTH, dpmpp_update, step_order, unipc_update
-from gasbench.solvers.ld3 import SPACES, LearnedStepsMixin
+from gasbench.solvers.ld3 import LD3, SPACES, WINDOWS_FROM, LearnedStepsMixin, learned_step_count, start_radius_ld3
 from gasbench.solvers.learned import LOSSES, TRAINING_OPTIONS, LearnedSolver
 from gasbench.solvers.schedules import make_sigmas
 
 INITS = ("ipndm", "dpmpp", "unipc")
 MAX_ORDER = {"ipndm": 4, "dpmpp": 3, "unipc": 3}
+CORRECTOR_WIDTHS = ("k+1", "k")
+INIT_STEPS = ("schedule", "ld3")
 
 
 def newest_first_sum(weights, outputs):
@@ -112,12 +126,13 @@ def _newest_first(update: LinComb, newest: int, width: int, scale) -> torch.Tens
     return row
 
 
-def initial_coefficients(init: str, order: int, sigmas: torch.Tensor, corrector: bool = False):
+def initial_coefficients(init: str, order: int, sigmas: torch.Tensor, corrector_width: int = 0):
     """(b, corrector or None): the handcrafted solver ``init`` on ``sigmas`` as S4S coefficients
-    (newest output first), with the lower-order warm-up and final steps it uses."""
+    (newest output first), with the lower-order warm-up and final steps it uses; a corrector of
+    ``corrector_width`` coefficients per step if that is not 0 (see the module docstring)."""
     steps = len(sigmas) - 1
     b = torch.zeros(steps, order, dtype=torch.float64)
-    rows = torch.zeros(max(steps - 1, 0), order + 1, dtype=torch.float64) if corrector else None
+    rows = torch.zeros(max(steps - 1, 0), corrector_width, dtype=torch.float64) if corrector_width else None
     x = LinComb({-1: 1.0})
     for n in range(steps):
         if init == "ipndm":
@@ -132,11 +147,13 @@ def initial_coefficients(init: str, order: int, sigmas: torch.Tensor, corrector:
             b[n] = _newest_first(dpmpp_update(x, window, history, sigmas[n + 1]), n, order, scale)
         else:
             b[n] = _newest_first(unipc_update(x, window, history, sigmas[n + 1], "bh1"), n, order, scale)
-            if corrector and n < steps - 1:
-                update = unipc_update(x, window, history, sigmas[n + 1], "bh1", denoised_next=LinComb({n + 1: 1.0}))
-                rows[n] = _newest_first(update, n + 1, order + 1, scale)
-    if corrector and init != "unipc":  # the corrector starts as the identity: the predictor's own update
-        rows[:, 1:] = b[:-1]
+            if corrector_width and n < steps - 1:
+                c = min(k, corrector_width - 1)  # UniC-c weighs the c newest outputs and the fresh one
+                fresh = LinComb({n + 1: 1.0})
+                update = unipc_update(x, window[-c:], history[-c:], sigmas[n + 1], "bh1", denoised_next=fresh)
+                rows[n] = _newest_first(update, n + 1, corrector_width, scale)
+    if corrector_width and init != "unipc":  # the predictor's own update (its oldest output dropped if too wide)
+        rows[:, 1:] = b[:-1, : corrector_width - 1]
     return b, rows
 
 
@@ -155,8 +172,16 @@ class _S4SBase(LearnedSolver):
         raise NotImplementedError
 
     def start_radius(self, teacher, nfe: int) -> float:
-        m = self.coefficient_count(nfe)
-        return self.config["relax"] * 2 * math.sqrt(math.prod(teacher.shape)) / m**2.5
+        """Appendix G.2's r proportional to m^(-5/2), anchored at LD3's ball (module docstring)."""
+        ratio = learned_step_count(nfe) / self.coefficient_count(nfe)
+        return self.config["relax"] * start_radius_ld3(teacher, nfe) * ratio**2.5
+
+    @classmethod
+    def paper_budget(cls, teacher) -> dict:
+        """Appendix G.2: LPIPS (Sec. 3.3), 700 training pairs (latent DMs: 600) in batches of 20
+        for 10 epochs; 200 validation pairs (``validation_size``)."""
+        pairs = 700 if teacher.modality == "pixel" else 600
+        return {"loss": "lpips-vgg", "relax": 1.0, "train_size": pairs, "batch_size": 20, "iterations": 10 * pairs // 20}
 
     def schedule_sigmas(self, teacher, steps: int) -> torch.Tensor:
         return make_sigmas(self.resolved_config(teacher)["schedule"], steps, teacher)
@@ -201,14 +226,26 @@ class S4SPredictorCorrector(S4S):
     """S4S's LMS + PC (Table 1, third row); see the module docstring."""
 
     name = "s4s-pc"
-    options = {**S4S.options, "init": "unipc"}
-    choices = {"init": ("unipc", "dpmpp"), "loss": LOSSES}
+    options = {**S4S.options, "init": "unipc", "corrector_width": "k+1"}
+    choices = {"init": ("unipc", "dpmpp"), "corrector_width": CORRECTOR_WIDTHS, "loss": LOSSES}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if self.corrector_width() < 2:
+            raise GasbenchError(f"{self.name} with corrector_width=k needs order 2 or more, got {self.config['order']}.")
+
+    def corrector_width(self) -> int:
+        return self.config["order"] + (self.config["corrector_width"] == "k+1")
 
     def coefficient_count(self, nfe: int) -> int:
-        return lms_count(self.config["order"], nfe) + sum(min(self.config["order"], n + 1) + 1 for n in range(nfe - 1))
+        """The predictor's, plus min(i + 2, width) corrector coefficients at every step i but the
+        last (whose corrector would cost an NFE, as in UniPC): with width k, Table 1's
+        k(2N + 1 - k) less that one missing coefficient."""
+        return lms_count(self.config["order"], nfe) + sum(min(n + 2, self.corrector_width()) for n in range(nfe - 1))
 
     def parameters_for(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
-        b, corrector = initial_coefficients(self.config["init"], self.config["order"], self.schedule_sigmas(teacher, nfe), corrector=True)
+        b, corrector = initial_coefficients(self.config["init"], self.config["order"], self.schedule_sigmas(teacher, nfe),
+                                            corrector_width=self.corrector_width())
         return {"b": b, "corrector": corrector}
 
 
@@ -245,16 +282,53 @@ class S4SAlt(LearnedStepsMixin, S4S):
     """S4S-Alt (Sec. 3.2, Algorithm 2); see the module docstring."""
 
     name = "s4s-alt"
-    options = {**S4S.options, "space": "logsnr", "window": 0.5, "rounds": 4, "time_lr": 5e-3,
-               "iterations": 160, "batch_size": 40, "train_size": 1400}
-    choices = {"init": INITS, "space": SPACES, "loss": LOSSES}
+    options = {**S4S.options, "space": "logsnr", "window": 0.5, "window_from": "steps", "init_steps": "schedule",
+               "rounds": 8, "time_lr": 5e-3, "iterations": 160, "batch_size": 40, "train_size": 1400}
+    choices = {"init": INITS, "space": SPACES, "window_from": WINDOWS_FROM, "init_steps": INIT_STEPS, "loss": LOSSES}
     validation_size = 400
 
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.ld3_steps: dict[str, torch.Tensor] | None = None  # what a fit with init_steps=ld3 starts from
+
+    @classmethod
+    def paper_budget(cls, teacher) -> dict:
+        """Appendix G.2: 1,400 training pairs (latent DMs: 1,000) in batches of 40, K = 8
+        alternations (phases "until convergence": one epoch each here), time steps from LD3
+        (Sec. 4.2), LPIPS (Sec. 3.3); 400 validation pairs (``validation_size``)."""
+        pairs = 1400 if teacher.modality == "pixel" else 1000
+        return {"loss": "lpips-vgg", "relax": 1.0, "train_size": pairs, "batch_size": 40, "rounds": 8,
+                "iterations": 2 * 8 * (pairs // 40), "init_steps": "ld3"}
+
     def coefficient_count(self, nfe: int) -> int:
-        return lms_count(self.config["order"], nfe) + 2 * nfe - 1
+        return lms_count(self.config["order"], nfe) + learned_step_count(nfe)
+
+    def ld3_solver(self) -> LD3:
+        """The LD3 ``init_steps=ld3`` starts from: on the handcrafted solver ``init`` names, in
+        this solver's step space and window, so its steps carry over as they are."""
+        cfg = self.config
+        base = {"ipndm": "ipndm", "dpmpp": "dpmpp3m" if cfg["order"] == 3 else "dpmpp2m", "unipc": "unipc"}[cfg["init"]]
+        shared = ("schedule", "space", "window", "window_from", "loss", "seed", "checkpointing")
+        return LD3(base=base, order=cfg["order"], **{k: cfg[k] for k in shared})
+
+    def fit(self, teacher, nfe, train, validation, progress=True, checkpoint_path=None, checkpoint_every=100):
+        """With ``init_steps=ld3``, an LD3 fit on its own budget and the first of these pairs comes
+        first (not when a checkpoint resumes: that holds the steps already)."""
+        if self.config["init_steps"] == "ld3" and not (checkpoint_path is not None and Path(checkpoint_path).is_file()):
+            ld3 = self.ld3_solver()
+            first = [{k: v[:size] for k, v in data.items()}
+                     for data, size in ((train, ld3.config["train_size"]), (validation, ld3.validation_size))]
+            ld3.fit(teacher, nfe, *first, progress=progress)
+            self.ld3_steps = ld3.params
+        try:
+            return super().fit(teacher, nfe, train, validation, progress, checkpoint_path, checkpoint_every)
+        finally:
+            self.ld3_steps = None
 
     def parameters_for(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
-        return {**super().parameters_for(teacher, nfe), **self.initial_steps(teacher, nfe)}
+        steps = self.ld3_steps if self.ld3_steps is not None else self.initial_steps(teacher, nfe)
+        b, _ = initial_coefficients(self.config["init"], self.config["order"], self.step_sigmas(steps, teacher)[0])
+        return {"b": b, **steps}
 
     def table_from(self, params, teacher, nfe: int) -> SolverTable:
         sigmas, evaluation = self.step_sigmas(params, teacher)

@@ -81,6 +81,13 @@ class Teacher(ABC):
     weights_source: ClassVar[Optional["WeightsSource"]] = None
     # evaluation samples per cell when `gasbench run -n` is not given: the papers' FID protocol
     evaluation_samples: int = 50_000
+    # the training budget learned solvers get when `gasbench run --budget` is not given: ``paper``
+    # (each method's own paper's settings) on the papers' teachers, ``cpu`` on the built-in ones
+    default_budget: str = "paper"
+    # what the papers' settings depend on: ``pixel``, ``latent`` (a VAE decodes samples) or ``text``
+    modality: str = "pixel"
+    # while a learned solver trains, the per-sample network passes its denoiser calls make
+    passes: Optional["NetworkPasses"] = None
     # the user's real images for FID / precision / recall (a folder, .zip or .npz of images);
     # without one, REAL_IMAGES is looked for in $GASBENCH_HOME/real_images (as a file or a folder)
     reference_images: Optional[Path] = None
@@ -170,6 +177,25 @@ class Teacher(ABC):
         }
 
 
+@dataclass
+class NetworkPasses:
+    """Per-sample network evaluations counted at the denoiser: every sample a call evaluates is
+    one ``forward``; one evaluated with autograd recording is also one ``backward`` (training
+    back-propagates through it). A training budget is the sum of both (GAS Tables 14-16's cost
+    is dominated by them)."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def add(self, count: int) -> None:
+        self.forward += count
+        self.backward += count if torch.is_grad_enabled() else 0
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.backward
+
+
 class BoundDenoiser:
     """A teacher's denoiser with its condition bound: ``D(x, sigma)``, and
     ``with_features(x, sigma) -> (D, features)`` for adaptive tables; outputs in x's dtype."""
@@ -178,6 +204,8 @@ class BoundDenoiser:
         self.teacher, self.cond = teacher, cond
 
     def _on_device(self, x: torch.Tensor, sigma: torch.Tensor):
+        if self.teacher.passes is not None:
+            self.teacher.passes.add(len(x))
         device = self.teacher.device
         cond = None if self.cond is None else self.cond.to(device)
         return x.to(device), torch.as_tensor(sigma).to(device), cond

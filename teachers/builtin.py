@@ -62,6 +62,7 @@ class BuiltinTeacher(NetworkTeacher):
     default_metrics = ("fd", "precision", "recall", "density", "coverage", "rmse", "psnr")
     # small enough for a CPU; the leaderboards' 3 seed sets give the spread
     evaluation_samples = 1000
+    default_budget = "cpu"
     full_reference_set = False
 
     def __init__(self, weights: Optional[Path] = None):

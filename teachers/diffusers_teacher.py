@@ -279,6 +279,8 @@ class DiffusersTeacher(Teacher):
         self.sigma_data = self.schedule.sigma_data
         self.shape = tuple(sample_shape)
         self.vae = vae.eval().requires_grad_(False) if vae is not None else None
+        if vae is not None and self.modality == "pixel":
+            self.modality = "latent"
         vae_config = vae.config if vae is not None else {}
         self.latent_scale = float((vae_config.get("scaling_factor") if latent_scale is None else latent_scale) or 1.0)
         self.latent_shift = float(vae_config.get("shift_factor") or 0.0)

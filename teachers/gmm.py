@@ -25,6 +25,7 @@ class GaussianMixtureTeacher(Teacher):
     name = "gmm"
     reference = ReferenceSolver("unipc", 50, "logsnr", {"order": 3})
     evaluation_samples = 1000
+    default_budget = "cpu"
     full_reference_set = False
     domain_space = "pixels"
     REAL_IMAGES = 2000

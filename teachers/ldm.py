@@ -395,6 +395,7 @@ class LatentDiffusionTeacher(DiffusersTeacher):
     through the VQ autoencoder, with its quantisation as LDM's ``decode_first_stage`` does)."""
 
     config: ClassVar[LatentDiffusionConfig]
+    modality = "latent"
     CONVERSION = "ldm1"  # bump when ldm_to_diffusers changes what it writes: old caches are then unused
 
     def __init__(self, weights: Optional[Path] = None):

@@ -73,6 +73,7 @@ class TextToImageTeacher(DiffusersTeacher):
 
     # FID needs the user's reference images (--reference-images), so it is asked for by name
     default_metrics = ("clip-score", "rmse", "psnr")
+    modality = "text"
     # the MS-COCO protocol of the papers: 30,000 samples
     evaluation_samples = 30_000
 

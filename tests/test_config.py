@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from gasbench.budgets import budget_options
 from gasbench.config import PACKAGED, read_config
 
 from test_cli import gasbench
@@ -81,11 +82,14 @@ def test_every_shipped_paper_config_names_valid_methods_and_options(name):
                   weights=None, device="auto", precision="fp32", reference_images=None)
     values.update(read_config(name))  # found by its relative name, as users type it
     config = _run_config(values, name)
-    TEACHERS.resolve(config.teacher)
+    assert config.budget == "paper"  # every method under its own paper's settings
+    teacher = TEACHERS.get(config.teacher)  # the class states what the paper budgets depend on
     for metric in config.metrics:
         METRICS.resolve(metric)
     for method in config.methods:
-        SOLVERS.get(method)(**config.method_options.get(method, {}))  # refuses unknown or ill-typed options
+        cls = SOLVERS.get(method)
+        budget = budget_options(cls, config.budget, teacher, 4) if cls.learned else {}
+        cls(**{**budget, **config.method_options.get(method, {})})  # refuses unknown or ill-typed options
 
 
 def test_paper_configs_cover_every_papers_teacher_for_gs_and_gas():

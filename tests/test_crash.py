@@ -222,9 +222,6 @@ def test_leftover_temporary_and_truncated_files_are_not_read_as_complete(uninter
     [shard] = [p for p in (tmp_path / "home" / "trajectories").rglob("shard-00002.safetensors")]
     stale.append(temp(shard, finished.pid, shard.read_bytes()[:1000]))
     shard.unlink()
-    # a truncated final record, as a writer that does not rename would leave it
-    euler = tmp_path / "results" / "gmm" / "euler" / "nfe3" / "metrics.json"
-    euler.write_bytes(euler.read_bytes()[:200])
     # temporary files of a live process (this one) and of another host are not this run's to remove
     kept = [temp(cell / "metrics.json", os.getpid(), b"{"),
             cell / f".metrics.json.another-host-{finished.pid}.abc123.tmp"]

@@ -57,8 +57,11 @@ def test_initial_dlms_is_plms_on_the_time_uniform_schedule(gmm_teacher, nfe, ord
     assert stats.nfe == table.nfe == nfe and table.points == nfe + afs
 
 
-def test_coefficients_sum_to_one_and_steps_differ_per_sample(gmm_teacher):
-    solver = SOLVERS.get("dlms")()
+@pytest.mark.parametrize("designer", ["embeddings", "mlp"])
+def test_coefficients_sum_to_one_and_steps_differ_per_sample(gmm_teacher, designer):
+    """Either designer: Eq. 8's weights sum to one, every next-time portion lies in (0, 1), the
+    per-sample schedules differ and all end at sigma_min."""
+    solver = SOLVERS.get("dlms")(designer=designer)
     table = solver.table_from(randomised(solver, gmm_teacher, 5), gmm_teacher, 5)
     rows = []
     execute(table, gmm_teacher.denoiser(None), noise(gmm_teacher, 32) * gmm_teacher.sigma_max, callback=rows.append)
@@ -160,7 +163,10 @@ def test_network_teachers_give_their_bottleneck_from_the_same_pass():
 
 def test_bad_options_and_an_untrainable_nfe_are_refused(gmm, gmm_pairs):
     for options, match in (({"order": 5}, "order"), ({"interpolation_steps": -1}, "interpolation_steps"),
-                           ({"hidden": 0}, "hidden"), ({"checkpointing": True}, "no option")):
+                           ({"hidden": 0}, "hidden"), ({"checkpointing": True}, "no option"),
+                           ({"designer": "transformer"}, "designer"), ({"time_scale": "tanh"}, "time_scale"),
+                           ({"scale_bound": 1.0}, "scale_bound"), ({"scale_bound": -0.1}, "scale_bound"),
+                           ({"scale_bound": "nan"}, "scale_bound")):
         with pytest.raises(GasbenchError, match=match):
             SOLVERS.get("dlms")(**options)
     with pytest.raises(GasbenchError, match="nothing to learn at NFE 1"):
@@ -181,3 +187,55 @@ def test_gasbench_run_show_and_overhead_accept_an_adaptive_table(tmp_path, gmm, 
     assert code == 0 and "dlms for teacher 'gmm' at NFE 3" in out and "evaluation sigma" in out and "per sample" in out
     (row,) = measure_overhead(gmm, ["dlms"], [3], batch_size=8, repeats=1)
     assert row["nfe"] == 3 and row["denoiser_ms"] > 0
+
+
+def test_designer_has_the_papers_size_on_a_64_channel_bottleneck():
+    """Sec. 4.1: a designer of "only 9k" parameters (AMED-Plugin's layers at its 128 units on a
+    64-value bottleneck); the CPU default, one hidden layer of 32 units, has 2.5k."""
+    from gasbench.registry import TEACHERS
+
+    digits = TEACHERS.get("digits")()
+    count = lambda solver, nfe: sum(p.numel() for p in solver.parameters_for(digits, nfe).values())  # noqa: E731
+    for nfe in (4, 10):
+        assert 8_500 <= count(SOLVERS.get("dlms")(designer="embeddings", hidden=128), nfe) <= 9_500
+        assert 2_300 <= count(SOLVERS.get("dlms")(), nfe) <= 2_800  # the CPU default: mlp at 32 units
+
+
+@pytest.mark.parametrize("bound", [None, 0.0, 0.2, 0.5])
+def test_time_scales_stay_inside_their_bound(gmm_teacher, bound):
+    """``time_scale = "bounded"``: AMED-Plugin's 1 - b + 2b sigmoid(.) lies in [1 - b, 1 + b] and
+    spans it, b = 0 switches time scaling off; ``exp`` is unbounded; 1 at initialisation either way."""
+    options = {"time_scale": "exp"} if bound is None else {"time_scale": "bounded", "scale_bound": bound}
+    solver = SOLVERS.get("dlms")(**options)
+    designer = solver.designer(solver.parameters_for(gmm_teacher, 4), gmm_teacher, 4)
+    scale = designer.scale(torch.linspace(-40, 40, 81, dtype=torch.float64))
+    assert float(scale[40]) == 1.0
+    if bound is None:
+        assert float(scale.max()) > 1e10 and float(scale.min()) < 1e-10
+    else:
+        assert float(scale.min()) >= 1 - bound - 1e-12 and float(scale.max()) <= 1 + bound + 1e-12  # rounding
+        torch.testing.assert_close(scale[[0, -1]], torch.tensor([1 - bound, 1 + bound], dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_paper_budget_follows_appendix_b_per_teacher():
+    """Appendix B: p, M and trajectories per teacher; Sec. 4.1: Adam 5e-3, the 9k designer, time-
+    uniform PLMS start; every override is an option of the solver with a valid value."""
+    from types import SimpleNamespace
+
+    dlms = SOLVERS.get("dlms")
+    expected = {"cifar10": ("pixel", 4, 4, 20_000), "ffhq": ("pixel", 4, 4, 20_000),
+                "lsun-bedroom": ("latent", 3, 1, 10_000), "imagenet256": ("latent", 3, 3, 5_000),
+                "sd15": ("text", 2, 1, 5_000)}
+    for name, (modality, order, steps, trajectories) in expected.items():
+        budget = dlms.paper_budget(SimpleNamespace(name=name, modality=modality))
+        solver = dlms(**budget)
+        assert (budget["order"], budget["interpolation_steps"], budget["train_size"]) == (order, steps, trajectories)
+        assert budget["iterations"] * budget["batch_size"] <= trajectories < (budget["iterations"] + 1) * budget["batch_size"]
+        assert budget["lr"] == 5e-3 and budget["schedule"] == "time-uniform"
+        assert (budget["designer"], budget["hidden"]) == ("embeddings", 128)
+        assert budget["loss"] == ("lpips-vgg" if modality == "pixel" else "l2")  # the final step's distance
+        # Sec. 3.3's EMA half-life in images (2 kimg): the decay per batch, compounded over 2,000 images, halves
+        assert solver.config["ema"] ** (2000 / budget["batch_size"]) == pytest.approx(0.5, rel=1e-12)
+    assert dlms.paper_budget(SimpleNamespace(name="cifar10", modality="pixel"))["batch_size"] == 128
+    # a teacher outside the paper gets its modality's settings
+    assert dlms.paper_budget(SimpleNamespace(name="my-ldm", modality="latent"))["order"] == 3

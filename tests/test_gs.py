@@ -10,7 +10,9 @@ import torch
 from gasbench.errors import GasbenchError
 from gasbench.registry import SOLVERS
 from gasbench.sampling import sample_seeds
-from gasbench.solvers.gs import inverse_stick_breaking, stick_breaking_times
+from gasbench.solvers.executor import LinComb, execute, trace
+from gasbench.solvers.gs import derivative_basis, inverse_stick_breaking, stick_breaking_times
+from gasbench.solvers.handcrafted import dpmpp_update
 
 FAST = {"iterations": 60, "batch_size": 16, "lr": 1e-2}
 
@@ -185,3 +187,185 @@ def test_gradient_checkpointing_bounds_training_memory():
     assert peaks[6, False] > 2 * peaks[2, False]  # activations of every denoiser call are kept
     assert peaks[6, True] < 0.5 * peaks[6, False]
     assert peaks[6, True] < 1.5 * peaks[2, True]  # with checkpointing, memory hardly grows with NFE
+
+
+# --- the GAS release's generalized solver, transcribed (github.com/3145tttt/GAS) -----------------------------------
+
+
+def release_gs(denoise, time, t, xi, a_diff, c_diff, y, evaluation="release"):
+    """``GeneralizedSolver.sample`` (src/gas/generalized_solver.py:356-402) with theoretical guidance,
+    written out in its VP variables for an EDM network: order N = steps (main.py:71-72), so update
+    ``step`` has order min(step, 3) with no lower final order; a{i}_diff / c{i}_diff[n] are
+    ``a_diff`` / ``c_diff``[n, i - 1]. ``evaluation="direct"`` replaces its model_fn by
+    D(y / alpha(t_n), sigma(t_n + xi_n)). Starts from the VP state ``y`` at t[0], returns y at t[N]."""
+    b0, bd = time.beta_min, time.beta_d
+    log_alpha = lambda t: -0.25 * t**2 * bd - 0.5 * t * b0  # noqa: E731  NoiseScheduleVP('linear')
+    alpha = lambda t: torch.exp(log_alpha(t))  # noqa: E731
+    std = lambda t: torch.sqrt(1.0 - torch.exp(2.0 * log_alpha(t)))  # noqa: E731
+    lam = lambda t: log_alpha(t) - torch.log(std(t))  # noqa: E731
+    edm_sigma = lambda t: torch.sqrt(torch.exp(0.5 * bd * t**2 + b0 * t) - 1)  # noqa: E731  EDMModel.sigma
+    s = lambda t: 1 / torch.sqrt(1 + edm_sigma(t) ** 2)  # noqa: E731  EDMModel.s
+
+    def noise(y, t):  # model_wrapper(EDMModel.forward, model_type="x_start")
+        return (y - alpha(t) * denoise(y / s(t), edm_sigma(t))) / std(t)
+
+    def model_fn(y, n):  # GeneralizedSolver.model_fn
+        if evaluation == "direct":
+            return denoise(y / alpha(t[n]), edm_sigma(t[n] + xi[n]))
+        return (y - std(t[n]) * noise(y, t[n] + xi[n])) / alpha(t[n])
+
+    steps = len(t) - 1
+    ys, ms = [y], [model_fn(y, 0)]
+    for step in range(1, steps + 1):
+        p, tn, tp = step - 1, t[step], t[:step]
+        h = lam(tn) - lam(tp[-1])
+        phi_1, a_ii, alpha_t = torch.expm1(-h), std(tn) / std(tp[-1]), alpha(tn)
+        a1, c1 = a_ii + a_diff[p, 0], alpha_t * phi_1 + c_diff[p, 0]
+        if step == 1:  # first_update
+            y = a1 * y - c1 * ms[-1]
+        elif step == 2:  # second_update
+            r0 = (lam(tp[-1]) - lam(tp[-2])) / h
+            d1_0 = (1.0 / r0) * (ms[-1] - ms[-2])
+            c2 = 0.5 * (alpha_t * phi_1) + c_diff[p, 1]
+            y = a1 * y - c1 * ms[-1] - c2 * d1_0 + a_diff[p, 1] * ys[-2]
+        else:  # unbound_update
+            r0, r1 = (lam(tp[-1]) - lam(tp[-2])) / h, (lam(tp[-2]) - lam(tp[-3])) / h
+            d1_0, d1_1 = (1.0 / r0) * (ms[-1] - ms[-2]), (1.0 / r1) * (ms[-2] - ms[-3])
+            d1, d2 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (1.0 / (r0 + r1)) * (d1_0 - d1_1)
+            phi_2 = phi_1 / h + 1.0
+            phi_3 = phi_2 / h - 0.5
+            c2, c3 = alpha_t * phi_2 + c_diff[p, 1], alpha_t * phi_3 + c_diff[p, 2]
+            y = a1 * y - c1 * ms[-1] + c2 * d1 - c3 * d2
+            for i in range(4, step + 1):
+                y = y + c_diff[p, i - 1] * ms[-i]
+            for i in range(2, step + 1):
+                y = y + a_diff[p, i - 1] * ys[-i]
+        if step == steps:
+            return y
+        ys.append(y)
+        ms.append(model_fn(y, step))
+
+
+def random_gs(gmm, nfe, *, scale=1.0, xi=True, seed=0, **options):
+    """GS on gmm with the release's base order (unless ``options`` say otherwise), random steps,
+    offsets (the first kept at zero) and corrections."""
+    g = torch.Generator().manual_seed(seed)
+    solver = SOLVERS.get("gs")(**{"lower_order_final": False, **options})
+    params = solver.parameters_for(gmm, nfe)
+    params["theta"] = params["theta"] + 0.3 * torch.randn(nfe - 1, generator=g, dtype=torch.float64)
+    if xi:
+        params["xi"][1:] = 0.03 * torch.randn(nfe - 1, generator=g, dtype=torch.float64)
+    for key in ("a_hat", "c_hat"):
+        params[key] = (scale * 0.05 * torch.randn(nfe, nfe, generator=g, dtype=torch.float64)).tril()
+    return solver, params
+
+
+def gs_and_release(gmm, solver, params, nfe, evaluation="release", rescale=None):
+    """(GS's sample through the executor, the release's from the same noise, steps and parameters).
+    ``rescale(a_hat, c_hat, alpha)`` maps GS's corrections to the release's a_diff, c_diff first."""
+    noise = torch.randn(6, *gmm.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ours = execute(solver.table_from(params, gmm, nfe), gmm.denoiser(None), noise * gmm.sigma_max)
+    t = stick_breaking_times(params["theta"], gmm.time.t(gmm.sigma_max), gmm.time.t(gmm.sigma_min))
+    alpha = (1 + gmm.time.sigma(t) ** 2).rsqrt()
+    a_hat, c_hat = params["a_hat"], params["c_hat"]
+    if rescale is not None:
+        a_hat, c_hat = rescale(a_hat, c_hat, alpha)
+    # GS's [n, j] (on x_j, D_j) is the release's [n, n - j] (a{i}_diff on x_prev_list[-i], i = n - j + 1)
+    flip = lambda m: torch.stack([torch.cat([m[n, : n + 1].flip(0), m.new_zeros(nfe - n - 1)]) for n in range(nfe)])  # noqa: E731
+    y = release_gs(lambda x, sigma: gmm.denoise(x, sigma, None), gmm.time, t, params.get("xi", torch.zeros(nfe)),
+                   flip(a_hat), flip(c_hat), alpha[0] * noise * gmm.sigma_max, evaluation)
+    return ours, y / alpha[-1]
+
+
+@pytest.mark.parametrize("nfe", [4, 6])
+def test_gs_is_the_release_generalized_solver(gmm, nfe):
+    """Steps, offsets and corrections all random: GS (lower_order_final=false) samples as the release's does."""
+    solver, params = random_gs(gmm, nfe)
+    ours, theirs = gs_and_release(gmm, solver, params, nfe)
+    assert float(ours.abs().max()) > 0.1
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+def test_corrections_act_on_the_vp_state_or_on_x(gmm):
+    """correction_space=vp adds a_hat, c_hat to the release's coefficients on y = alpha x;
+    correction_space=edm adds them on x, i.e. a_hat alpha_{n+1} / alpha_j and c_hat alpha_{n+1} on y."""
+    nfe = 4
+    assert SOLVERS.get("gs")().config["correction_space"] == "vp"  # the default
+    solver, params = random_gs(gmm, nfe, xi=False)
+    ours, theirs = gs_and_release(gmm, solver, params, nfe)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+    edm, _ = random_gs(gmm, nfe, xi=False, correction_space="edm")
+    on_x, _ = gs_and_release(gmm, edm, params, nfe)
+    assert float((on_x - theirs).abs().max()) > 1e-2  # the two spaces are different solvers
+
+    def to_vp(a_hat, c_hat, alpha):
+        rows = torch.arange(nfe)
+        return a_hat * alpha[rows + 1, None] / alpha[None, :nfe], c_hat * alpha[rows + 1, None]
+
+    _, converted = gs_and_release(gmm, edm, params, nfe, rescale=to_vp)
+    torch.testing.assert_close(on_x, converted, rtol=1e-9, atol=1e-9)
+
+
+def test_decoupled_evaluation_is_the_releases_or_direct(gmm):
+    """decouple_space=vp converts the network's noise prediction on the unchanged VP state at
+    t_n + xi_n with t_n's alpha, sigma (GeneralizedSolver.model_fn); edm takes D(x_n, sigma(t_n + xi_n))."""
+    nfe = 4
+    solver, params = random_gs(gmm, nfe, scale=0.0)
+    ours, theirs = gs_and_release(gmm, solver, params, nfe)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+    direct, _ = random_gs(gmm, nfe, decouple_space="edm")
+    on_x, theirs_direct = gs_and_release(gmm, direct, params, nfe, evaluation="direct")
+    torch.testing.assert_close(on_x, theirs_direct, rtol=1e-9, atol=1e-9)
+    assert float((on_x - theirs).abs().max()) > 1e-3
+
+
+def test_first_evaluation_keeps_the_direct_form(gmm):
+    """Eq. 13 evaluates x_T itself first, so the offset xi_0 moves only the sigma of that call."""
+    nfe = 4
+    params = SOLVERS.get("gs")().parameters_for(gmm, nfe)
+    assert SOLVERS.get("gs")().config["decouple_space"] == "vp"  # the default
+    params["xi"][0] = 0.05
+    tables = [SOLVERS.get("gs")(decouple_space=space).table_from(params, gmm, nfe) for space in ("vp", "edm")]
+    for ours, theirs in ((tables[0].a, tables[1].a), (tables[0].c, tables[1].c), (tables[0].sigmas, tables[1].sigmas)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert float(tables[0].sigmas[0]) > gmm.sigma_max * 1.1
+
+
+@pytest.mark.parametrize("nfe", [3, 4, 5])
+def test_base_order_is_the_releases_never_lowered_at_the_end(gmm, nfe):
+    """Untrained GS with lower_order_final=false is the release's untrained GS: orders min(step, 3),
+    e.g. 1, 2, 3, 3 at NFE 4; the default, true (orders 1, 2, 2, 1 at NFE 4), is another solver."""
+    solver, params = random_gs(gmm, nfe, scale=0.0, xi=False)
+    ours, theirs = gs_and_release(gmm, solver, params, nfe)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+    lowered = SOLVERS.get("gs")()  # the default
+    assert lowered.config["lower_order_final"]
+    assert float((gs_and_release(gmm, lowered, params, nfe)[0] - theirs).abs().max()) > 1e-4
+
+
+def test_old_form_is_reachable_through_the_options(gmm):
+    """correction_space=edm, decouple_space=edm, lower_order_final=true: GS as gasbench had it,
+    x_{n+1} = DPM-Solver++(3M, lower order final) + a_hat, c_hat on x, evaluating D(x_n, sigma(t_n + xi_n))."""
+    nfe = 4
+    old = {"correction_space": "edm", "decouple_space": "edm", "lower_order_final": True}
+    solver, params = random_gs(gmm, nfe, **old)
+
+    def loop(model, x, sigmas, *, eval_sigmas, a_hat, c_hat):
+        xs, ds = [x], []
+        for n, k in enumerate((1, 2, 2, 1)):
+            ds.append(model(xs[n], eval_sigmas[n]))
+            x_next = dpmpp_update(xs[n], sigmas[n - k + 1 : n + 1], ds[n - k + 1 :], sigmas[n + 1])
+            for i, vector in enumerate(derivative_basis(sigmas[n - k + 1 : n + 1], ds[n - k + 1 :], sigmas[n + 1])):
+                x_next = x_next + c_hat[n, n - i] * vector
+            for j in range(n - k + 1):
+                x_next = x_next + c_hat[n, j] * ds[j]
+            xs.append(x_next + sum((a_hat[n, j] * xs[j] for j in range(n + 1)), LinComb({})))
+        return xs[-1]
+
+    sigmas = solver.integration_sigmas(params, gmm)
+    times = stick_breaking_times(params["theta"], gmm.time.t(gmm.sigma_max), gmm.time.t(gmm.sigma_min))
+    expected = trace(loop, sigmas, eval_sigmas=gmm.time.sigma(times[:-1] + params["xi"]), a_hat=params["a_hat"],
+                     c_hat=params["c_hat"])
+    table = solver.table_from(params, gmm, nfe)
+    for ours, theirs in ((table.a, expected.a), (table.c, expected.c), (table.sigmas, expected.sigmas)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
