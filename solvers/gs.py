@@ -15,42 +15,44 @@ Three sets of parameters:
 * xi, offsets of the times at which the denoiser is evaluated (decoupling), not clamped: the
   network is called at sigma(t_n + xi_n) while the update integrates on the t_n.
 
-Untrained GS *is* DPM-Solver++(3M) on the same steps. Three choices follow the GAS release
+Untrained GS *is* DPM-Solver++(3M) on the same steps. Three choices are the GAS release's
 (github.com/3145tttt/GAS, ``src/gas/generalized_solver.py``), each an option whose other value is
-this module's earlier form:
+the plain EDM-space form:
 
-* ``correction_space`` (default ``vp``): the corrections are added in the VP state y = alpha x,
-  alpha = 1 / sqrt(1 + sigma^2), as the release's updates do (generalized_solver.py:222-313:
-  a{i}_diff on y_(n-i+1), c{i}_diff on the data predictions, the result being y_(n+1)). In x that is
-  a_hat[n, j] alpha_j / alpha_(n+1) on x_j and c_hat / alpha_(n+1) on the outputs. ``edm`` adds them
-  to x directly, which rescales the optimiser's effective step per coefficient;
-* ``decouple_space`` (default ``vp``): the release's ``model_fn`` (generalized_solver.py:39-41)
-  gives the network the unchanged VP state as if at t_n + xi_n and turns its noise prediction into
-  data with alpha, sigma of t_n (see :func:`decoupled_output`); ``edm`` uses D(x_n, sigma(t_n + xi_n))
-  as it comes. Eq. 13 evaluates x_T itself first, so evaluation 0 keeps the ``edm`` form in both
-  (the release would rescale x_T there);
-* ``lower_order_final`` (default true): true lowers the last updates as the ``dpmpp3m`` solver
-  does (orders 1, 2, 2, 1 at NFE 4); false gives the base order min(n + 1, 3) at update n, as GAS
-  Algorithm 1 and the release (``cur_order = min(step, order)``, generalized_solver.py:387,
-  main.py:72) have.
+* ``correction_space`` (default ``vp``, the release's): the corrections are added in the VP state
+  y = alpha x, alpha = 1 / sqrt(1 + sigma^2), as the release's updates are written
+  (generalized_solver.py:222-313: a{i}_diff on y_(n-i+1), c{i}_diff on the data predictions, the
+  sum being y_(n+1)). In x that is a_hat[n, j] alpha_j / alpha_(n+1) on x_j and c_hat / alpha_(n+1)
+  on the outputs; ``edm`` adds them to x, so the same Adam step moves x by a different amount;
+* ``decouple_space`` (default ``vp``, the release's): the release's ``model_fn``
+  (generalized_solver.py:39-41) gives the network the unchanged VP state as if at t_n + xi_n and
+  turns its noise prediction into data with alpha, sigma of t_n (:func:`decoupled_output`);
+  ``edm`` uses D(x_n, sigma(t_n + xi_n)) as it comes. Eq. 13 evaluates x_T itself first, so
+  evaluation 0 keeps the ``edm`` form in both (the release would rescale x_T there);
+* ``lower_order_final`` (default true, not the release's): the base's order at update n is
+  min(n + 1, 3, N - n), the ``dpmpp3m`` solver's convention (1, 2, 2, 1 at NFE 4). GAS Algorithm 1
+  and the release use min(n + 1, 3) (order N, ``cur_order = min(step, order)``,
+  generalized_solver.py:387, main.py:72): set it false to match.
 
-For a teacher whose own time is not VP (EDM, flow matching) alpha is still the VP alpha of its
-sigma: GAS and its release are VP throughout. Measured on digits (3 seed sets, FD / RMSE, NFE 4
-and 8): the release's corrections and decoupling with our lowered final orders give 3.90 / 0.053
-and 3.99 / 0.019, against 4.71 / 0.062 and 4.00 / 0.030 for the earlier EDM form; the release's
-base order as well gives 7.31 / 0.182 and 4.82 / 0.078, so ``lower_order_final`` stays on
-(docs/fidelity.md).
+Measured on digits (300 iterations, 3 seed sets, FD / RMSE; the plain EDM form first): NFE 4
+4.71 / 0.0619 -> 3.90 / 0.0529 with both ``vp`` options, NFE 8 4.00 / 0.0300 -> 3.99 / 0.0194;
+FASHION. Each alone at NFE 4: ``correction_space=vp`` 4.56 / 0.0577, ``decouple_space=vp``
+4.09 / 0.0615, ``lower_order_final=false`` 6.58 / 0.192: the release's base order starts
+training from a third-order last step over a large log-SNR gap (initial L1 0.81 against
+0.10) that this budget does not recover from. For a teacher whose own time is not VP (EDM, flow
+matching) alpha is still the VP alpha of its sigma: GAS and its release are VP throughout.
 
 Ablations (as solver options):
 
 * ``guidance=false`` (GAS Table 5, "w/o theory"): the coefficients of each update on every
-  previous point and output are free parameters, initialised to DPM-Solver++(3M)'s at the initial
-  steps and no longer recomputed when the steps move;
+  previous point and output (in the ``correction_space`` state) are free parameters, initialised
+  to DPM-Solver++(3M)'s at the initial steps and no longer recomputed when the steps move;
 * ``decouple=false`` (Table 5): no xi, the denoiser is evaluated on the integration steps;
 * ``parametrization=s4s`` (Table 10, "S4S LMS"): x_{n+1} = a_n x_n + b_n sum_{j<=n} c_{j,n} D_j
   with the theoretical first-order a_n = sigma_{n+1}/sigma_n and b_n = 1 - a_n at the current
   steps and free multiplicative coefficients c (every previous output: no order limit), S4S's
-  parametrisation (Frankel et al., 2025) as GAS compares it, initialised to DPM-Solver++(3M);
+  parametrisation (Frankel et al., 2025) as GAS compares it, initialised to DPM-Solver++(3M)
+  (``decouple_space`` applies; ``correction_space`` does not, there being no additive corrections);
 * ``parametrization=s4s-pc`` (Table 3, "S4S LMS + PC"): the same predictor plus a learned
   corrector that re-solves each step with the next output D_{n+1} (evaluated at the predicted
   point anyway, so no extra NFE), starting as the identity. Its coefficient count equals GS's

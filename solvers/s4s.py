@@ -43,8 +43,9 @@ Budgets (Appendix G.2, :meth:`paper_budget`): S4S 700 training pairs (latent: 60
 10 epochs, 200 validation pairs; S4S-Alt 1,400 pairs (latent: 1,000), batch 40, 400 validation
 pairs, K = 8 alternations, each phase "until convergence", which we take as one epoch, from an
 LD3 schedule. The CPU default of S4S-Alt is K = 8 rounds of 10 iterations per phase from the
-``schedule`` (160 iterations, the 2-minute budget of a built-in teacher's cell; on digits at NFE 4
-the LD3 start lowered the validation loss but not FD or RMSE).
+``schedule`` (160 iterations, the 2-minute budget of a built-in teacher's cell): the LD3 start
+measures better on digits (docs/fidelity.md) but is a second fit, outside the per-iteration
+pass count that ``--budget matched`` sizes fits by.
 """
 
 from __future__ import annotations
@@ -313,17 +314,25 @@ class S4SAlt(LearnedStepsMixin, S4S):
 
     def fit(self, teacher, nfe, train, validation, progress=True, checkpoint_path=None, checkpoint_every=100):
         """With ``init_steps=ld3``, an LD3 fit on its own budget and the first of these pairs comes
-        first (not when a checkpoint resumes: that holds the steps already)."""
+        first (not when a checkpoint resumes: that holds the steps already); the record adds its
+        passes and time."""
+        start = None
         if self.config["init_steps"] == "ld3" and not (checkpoint_path is not None and Path(checkpoint_path).is_file()):
             ld3 = self.ld3_solver()
             first = [{k: v[:size] for k, v in data.items()}
                      for data, size in ((train, ld3.config["train_size"]), (validation, ld3.validation_size))]
-            ld3.fit(teacher, nfe, *first, progress=progress)
+            start = ld3.fit(teacher, nfe, *first, progress=progress)
             self.ld3_steps = ld3.params
         try:
-            return super().fit(teacher, nfe, train, validation, progress, checkpoint_path, checkpoint_every)
+            result = super().fit(teacher, nfe, train, validation, progress, checkpoint_path, checkpoint_every)
         finally:
             self.ld3_steps = None
+        if start is not None:
+            result.passes = {k: result.passes[k] + start.passes[k] for k in result.passes}
+            result.validation_passes += start.validation_passes
+            result.wall_time_s = round(result.wall_time_s + start.wall_time_s, 2)
+            self.summary = result.as_dict()
+        return result
 
     def parameters_for(self, teacher, nfe: int) -> dict[str, torch.Tensor]:
         steps = self.ld3_steps if self.ld3_steps is not None else self.initial_steps(teacher, nfe)

@@ -261,10 +261,11 @@ def test_s4s_pc_corrector_width_and_count(gmm, gmm_pairs, width, extra):
 
 def test_s4s_alt_starts_from_an_ld3_fit(gmm, gmm_pairs):
     solver = SOLVERS.get("s4s-alt")(init_steps="ld3", iterations=0)
-    solver.fit(gmm, 4, *gmm_pairs, progress=False)
+    result = solver.fit(gmm, 4, *gmm_pairs, progress=False)
     ld3 = solver.ld3_solver()
     assert ld3.config["base"] == "ipndm" and ld3.config["order"] == 3 and ld3.config["window_from"] == "steps"
-    ld3.fit(gmm, 4, *({k: v[:50] for k, v in data.items()} for data in gmm_pairs), progress=False)
+    start = ld3.fit(gmm, 4, *({k: v[:50] for k, v in data.items()} for data in gmm_pairs), progress=False)
+    assert result.passes == start.passes and start.passes["total"] > 0  # the record holds what the start cost
     for key in ("logits", "offsets"):
         assert torch.equal(solver.params[key], ld3.params[key]), key
     assert not torch.equal(solver.params["logits"], solver.initial_steps(gmm, 4)["logits"])
