@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -29,15 +30,24 @@ except ImportError:
 USAGE_ERRORS = (click.ClickException, _TyperClickException)
 ABORTS = (click.exceptions.Abort, typer.Abort)
 
-app = typer.Typer(add_completion=True, no_args_is_help=False, help=__doc__)
+app = typer.Typer(add_completion=True, no_args_is_help=False, help=__doc__,
+                  epilog="Add --debug anywhere on the command line to see the full traceback of an error.")
 teacher_app = typer.Typer(help="Train or inspect teachers.")
 bench_app = typer.Typer(help="Speed and memory benchmarks that print figures.")
 data_app = typer.Typer(help="The teacher-trajectory cache.")
 app.add_typer(data_app, name="data")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(bench_app, name="bench")
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _width(stream) -> Optional[int]:
+    """Piped or redirected output is not cut to rich's default 80 columns (tables keep their full
+    width in files and CI logs); a terminal, or $COLUMNS, decides otherwise."""
+    return None if stream.isatty() or "COLUMNS" in os.environ else 200
+
+
+console = Console(soft_wrap=True, width=_width(sys.stdout))
+err_console = Console(stderr=True, soft_wrap=True, width=_width(sys.stderr))
 
 PluginOption = typer.Option(None, "--plugin", help="Module name or .py file that registers solvers (repeatable).")
 
@@ -48,8 +58,9 @@ def _split(values: Optional[list[str]]) -> list[str]:
 
 
 def _ints(values: list[str], what: str) -> list[int]:
+    """Integers from comma-separated text, each once, in the order given ("4, 4,8" -> [4, 8])."""
     try:
-        return [int(v) for v in _split(values)]
+        return list(dict.fromkeys(int(v) for v in _split(values)))
     except ValueError:
         raise GasbenchError(f"{what} must be integers separated by commas, got {','.join(values)!r}.") from None
 
@@ -98,6 +109,7 @@ def _run_config(values: dict, source: str):
             reference_images=optional_path(values["reference_images"]), method_options=per_method,
             budget=None if values.get("budget") is None else str(values["budget"]),
             matched_to=str(values.get("matched_to") or DEFAULT_REFERENCE),
+            threads=None if values.get("threads") is None else int(values["threads"]),
         )
     except (TypeError, ValueError) as exc:
         raise GasbenchError(f"{source}: an option has a value of the wrong type ({exc}).") from None
@@ -122,7 +134,7 @@ def _batch_size(text: str) -> int:
 
   gasbench run -d diffusers:google/ddpm-cifar10-32 -m unipc,gs --nfe 4
 
-  gasbench run --config configs/paper/cifar10_gs.yaml -n 5000       # the file's options, -n from the command line
+  gasbench run --config paper/cifar10_gs.yaml -n 5000       # a shipped paper configuration, -n from the command line
 
   torchrun --nproc_per_node=2 -m gasbench run -d cifar10 -m dpmpp3m  # shard sampling over 2 processes""")
 def run(
@@ -134,7 +146,7 @@ def run(
     num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Evaluation samples per cell; default: the teacher's (1,000 on the built-in teachers, the papers' 50,000 on theirs)."),
     batch_size: str = typer.Option("256", "--batch-size", help="Samples per denoiser call, or 'auto' (from free GPU memory)."),
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where records are written."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="Time-step schedule for every method; default: the teacher's."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Time-step schedule for every method (see `gasbench list schedules`), or 'tuned': each handcrafted solver's best on validation seeds, per NFE; default: a handcrafted solver's paper's schedule for this teacher, a learned one's own."),
     solver_arg: Optional[list[str]] = typer.Option(None, "--solver-arg", help="key=value option for every method that has it (repeatable)."),
     metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Comma-separated metrics; default: the teacher's (see `gasbench list metrics`)."),
     seeds: int = typer.Option(1, "--seeds", help="Independent evaluation seed sets; tables show mean +/- std over them."),
@@ -145,6 +157,7 @@ def run(
     reference_images: Optional[Path] = typer.Option(None, "--reference-images", help="Real images (folder, .zip or .npz) for fid/precision/recall on teachers without built-in data."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Learned methods' training budget: paper (each method's own paper), cpu (the built-in teachers' CPU budgets) or matched (the same training pairs and network passes as --matched-to); default: paper on the papers' teachers, cpu on the built-in ones."),
     matched_to: str = typer.Option("gs", "--matched-to", help="With --budget matched: the learned method whose training pairs and network passes every learned method gets."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch; default: torch's own (OMP_NUM_THREADS, else the machine's cores). Recorded in each record's environment."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A YAML file of these options (methods may carry their own options); the command line wins. See configs/paper/."),
     plugin: Optional[list[str]] = PluginOption,
 ):
@@ -158,7 +171,7 @@ def run(
     values = dict(methods=methods, dataset=dataset, nfe=nfe, seed=seed, num_samples=num_samples, batch_size=batch_size,
                   results_dir=results_dir, schedule=schedule, solver_args=solver_arg, metrics=metrics, seeds=seeds,
                   overwrite=overwrite, weights=weights, device=device, precision=precision, reference_images=reference_images,
-                  budget=budget, matched_to=matched_to)
+                  budget=budget, matched_to=matched_to, threads=threads)
     config_provenance = None
     if config_file is not None:
         from gasbench.config import file_provenance, read_config
@@ -173,7 +186,9 @@ def run(
     config = _run_config(values, str(config_file or "the command line"))
     config.config_file = config_provenance
     config.command = shlex.join(["gasbench", *sys.argv[1:]])  # recorded, to rerun it
-    if config.schedule is not None:
+    from gasbench.tuning import TUNED
+
+    if config.schedule not in (None, TUNED):
         SCHEDULES.resolve(config.schedule)
     if config.budget is not None and config.budget not in BUDGETS:
         raise GasbenchError(f"--budget {config.budget}: choose one of {', '.join(BUDGETS)}.")
@@ -203,12 +218,13 @@ def table(
     into: Optional[Path] = typer.Option(None, "--into", help="Also write the tables between the gasbench-table markers of this file (e.g. README.md)."),
     block: Optional[str] = typer.Option(None, "--block", help="With --into: fill the markers named <!-- gasbench-table:BLOCK:start/end --> instead."),
     with_paper: bool = typer.Option(False, "--with-paper", help="Add the GAS, S4S and DLMS papers' reported numbers for the same teacher and metric, as rows 'method (Paper Table N)'."),
+    nfe: Optional[list[str]] = typer.Option(None, "--nfe", help="Comma-separated NFE columns to show; default: every NFE recorded."),
 ):
     """Render leaderboards from recorded results: rows = methods, columns = NFE, best in bold."""
     from gasbench.tables import render, write_into
 
     text = render(results_dir, _split(metric) or None, fmt, teacher, _split(methods) or None, _split(exclude) or None,
-                  with_paper=with_paper)
+                  with_paper=with_paper, nfes=_ints(nfe, "--nfe") if nfe else None)
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     if into is not None:
         write_into(into, text, block)
@@ -245,8 +261,8 @@ def show(
         console.print("coefficients and steps are chosen per sample while sampling (means above)")
         console.print(f"output noise level: {table.sigma_final:.5g}")
         return
-    for name, matrix in (("a", table.a), ("c", table.c)):
-        out = Table(title=escape(f"{name}[n, j] on x_j and D_j: row n makes x_(n+1)"), title_justify="left")
+    for name, operand, matrix in (("a", "the points x_j", table.a), ("c", "the denoiser outputs D_j", table.c)):
+        out = Table(title=escape(f"{name}[n, j] on {operand}: row n makes x_(n+1)"), title_justify="left")
         out.add_column("n", justify="right")
         for j in range(nfe):
             out.add_column(f"j={j}", justify="right")
@@ -283,11 +299,13 @@ def list_(
         console.print(out)
 
 
-@app.command(epilog="Examples:\n\n  gasbench budgets\n\n  gasbench budgets -d cifar10 --nfe 10")
+@app.command(epilog="Examples:\n\n  gasbench budgets\n\n  gasbench budgets -d cifar10 --nfe 10\n\n  gasbench budgets -d digits --into docs/budgets.md --block budgets-digits")
 def budgets(
     dataset: str = typer.Option("digits", "--dataset", "-d", help="Teacher whose budgets to show (its weights are not needed)."),
     nfe: int = typer.Option(4, "--nfe", help="NFE the network passes are counted at."),
     matched_to: str = typer.Option("gs", "--matched-to", help="The reference method of the matched budget."),
+    into: Optional[Path] = typer.Option(None, "--into", help="Also write the table between the gasbench-table markers of this file (e.g. docs/budgets.md)."),
+    block: Optional[str] = typer.Option(None, "--block", help="With --into: fill the markers named <!-- gasbench-table:BLOCK:start/end --> instead."),
     plugin: Optional[list[str]] = PluginOption,
 ):
     """What each learned method is given under each training budget (cpu, paper, matched)."""
@@ -303,7 +321,12 @@ def budgets(
     factory = TEACHERS.get(dataset) if not dataset.startswith("diffusers:") else None
     # a registered teacher's class states what its budgets depend on, without loading weights
     teacher = factory if inspect.isclass(factory) else load_teacher(dataset)
-    print(tabulate(budget_rows(teacher, nfe, SOLVERS.resolve(matched_to).name), headers="keys", tablefmt="github"))
+    text = tabulate(budget_rows(teacher, nfe, SOLVERS.resolve(matched_to).name), headers="keys", tablefmt="github")
+    print(text)
+    if into is not None:
+        from gasbench.tables import write_into
+
+        write_into(into, text, block)
 
 
 @app.command(epilog="Example: gasbench teachers --check")
@@ -422,6 +445,7 @@ def teacher_train(
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Training iterations; default: the committed run's."),
     seed: int = typer.Option(0, "--seed"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file to resume from / write to."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads; the committed weights were made with 2 (another count changes the floating-point sums, so the sha256)."),
 ):
     """Reproduce a built-in teacher's committed weights and compare them with the pinned sha256."""
     import torch
@@ -432,7 +456,7 @@ def teacher_train(
     if name not in training.RECIPES:
         raise GasbenchError(f"no trainer for teacher '{name}'; trainable: {', '.join(training.RECIPES)}.")
     out = out or Path(f"{name}.safetensors")
-    torch.set_num_threads(2)  # the committed weights were trained with 2 threads; see README
+    torch.set_num_threads(threads)
     training.train_builtin_teacher(name, out, iterations=iterations, seed=seed, checkpoint_path=checkpoint)
     sha = sha256_of(out)
     same = "identical to" if sha == TEACHERS.get(name).WEIGHTS_SHA256 else "different from"
@@ -444,6 +468,7 @@ def teacher_train_classifier(
     name: str = typer.Argument(..., help="Dataset of a built-in teacher: digits or fashion."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write the weights (default NAME-classifier.safetensors)."),
     seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(2, "--threads", help="CPU threads; the committed weights were made with 2 (another count changes the floating-point sums, so the sha256)."),
 ):
     """Reproduce the classifier whose features give a built-in teacher's domain FD."""
     import torch
@@ -454,7 +479,7 @@ def teacher_train_classifier(
     if name not in classifier.CLASSIFIER_RECIPES:
         raise GasbenchError(f"no classifier recipe for '{name}'; trainable: {', '.join(classifier.CLASSIFIER_RECIPES)}.")
     out = out or Path(f"{name}-classifier.safetensors")
-    torch.set_num_threads(2)  # the committed weights were trained with 2 threads
+    torch.set_num_threads(threads)
     metadata = classifier.train_classifier(name, out, seed=seed)
     sha = sha256_of(out)
     same = "identical to" if sha == classifier.CLASSIFIER_SHA256[name] else "different from"

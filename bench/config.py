@@ -28,6 +28,7 @@ KEYS = {
     "batch_size": "batch_size", "results_dir": "results_dir", "schedule": "schedule", "solver_args": "solver_args",
     "metrics": "metrics", "seeds": "seed_sets", "overwrite": "overwrite", "weights": "weights", "device": "device",
     "precision": "precision", "reference_images": "reference_images", "budget": "budget", "matched_to": "matched_to",
+    "threads": "threads",
 }
 
 

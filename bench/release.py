@@ -15,8 +15,8 @@ Formats, as the release's code writes and reads them (github.com/3145tttt/GAS, `
 * **Teacher data** (``dataset.pkl``, a plain pickle of a ``defaultdict``): ``noise`` (n, C, H, W)
   float32 unit noise, ``images`` (the teacher's samples in [-1, 1], decoded for latent models),
   ``latents`` (latent models' samples, else a list of None), ``condition`` (class labels, a list
-  of prompts, or a list of None). Read with :func:`load_release_teacher_data`'s own restricted
-  unpickler (tensors, dicts, lists and prompt strings only).
+  of prompts, or a list of None). Read by :func:`load_release_teacher_data` through
+  :mod:`gasbench.safe_pickle`'s ``gas-dataset`` allow-list (tensors, dicts, lists and prompt strings).
 
 The student's sampling rule (``GeneralizedSolver.sample`` with theoretical guidance) works in
 the variance-preserving (VP) variables of DPM-Solver's ``NoiseScheduleVP``: time t in [t_eps, 1],
@@ -36,17 +36,15 @@ state at t_eps (alpha(t_eps) x, what ``generate.py`` saves).
 from __future__ import annotations
 
 import hashlib
-import io
 import pickle
-import re
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 
+from gasbench import safe_pickle
 from gasbench.errors import GasbenchError
 from gasbench.records import cell_dir
 from gasbench.registry import register_solver
@@ -407,55 +405,6 @@ RELEASE_DATA_LAYOUT = {"pixels": (range(50_000), 1024, 1), "latents": (range(50_
                        "prompts": (range(30_000), 16, 3)}
 
 
-class _TextDType:
-    """``numpy.dtype('U<n>')`` as a pickle names it: fixed-width UTF-32 text and nothing else."""
-
-    def __init__(self, code: Any, align: Any = False, copy: Any = True):
-        if not isinstance(code, str) or not re.fullmatch(r"U[0-9]{1,6}", code):
-            raise GasbenchError(f"the dataset asks for a numpy dtype {code!r}; only prompt strings (U<n>) are "
-                                f"admitted.")
-        self.width, self.order = int(code[1:]), "<"
-
-    def __setstate__(self, state: Any) -> None:
-        if not (isinstance(state, tuple) and len(state) >= 2 and state[1] in ("<", ">", "|", "=")):
-            raise GasbenchError("the dataset gives a numpy text dtype an unknown state; refusing it.")
-        self.order = ">" if state[1] == ">" else "<"
-
-
-def _text_scalar(dtype: Any, data: Any = None) -> str:
-    if not (isinstance(dtype, _TextDType) and isinstance(data, bytes) and len(data) == 4 * dtype.width):
-        raise GasbenchError("malformed numpy string in the dataset.")
-    return data.decode("utf-32-le" if dtype.order == "<" else "utf-32-be").rstrip("\x00")
-
-
-_DATASET_GLOBALS = {
-    ("collections", "defaultdict"): lambda *factory: {},  # collate.py pickles a defaultdict(list)
-    ("builtins", "list"): list,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    # a tensor pickled with plain pickle carries its storage as torch.save bytes
-    ("torch.storage", "_load_from_bytes"): lambda data: torch.load(io.BytesIO(data), map_location="cpu",
-                                                                   weights_only=True),
-    ("numpy", "dtype"): _TextDType,
-}
-for _core in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x and 2.x spellings
-    _DATASET_GLOBALS[_core, "scalar"] = _text_scalar
-
-
-class _DatasetUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: Path):
-        super().__init__(file)
-        self.source = source
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _DATASET_GLOBALS:
-            return _DATASET_GLOBALS[module, name]
-        raise GasbenchError(
-            f"{self.source} asks to load '{module}.{name}', which a GAS teacher dataset (tensors, lists and "
-            f"prompts) has no reason to contain; refusing it (the file may be malicious or not a release "
-            f"dataset). Nothing from it was executed.")
-
-
 @dataclass
 class ReleaseTeacherData:
     """A release teacher dataset: ``noise`` (n, *shape) unit noise; ``x0`` the teacher's samples the
@@ -515,15 +464,7 @@ def load_release_teacher_data(path: Path, seeds: Optional[Sequence[int]] = None,
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 24), b""):
             digest.update(chunk)
-    try:
-        with open(path, "rb") as fh:
-            blob = _DatasetUnpickler(fh, path).load()
-    except GasbenchError:
-        raise
-    except pickle.UnpicklingError as exc:  # a tensor storage that torch's weights-only reader refused
-        raise GasbenchError(_unsafe_message(path, exc, "teacher dataset")) from None
-    except Exception as exc:
-        raise GasbenchError(f"{path} is not a readable GAS teacher dataset ({type(exc).__name__}: {exc}).") from None
+    blob = safe_pickle.load(path, "gas-dataset")
     return _teacher_data(blob, path, digest.hexdigest(), seeds, batch, gpus)
 
 

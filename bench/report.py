@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from gasbench.errors import GasbenchError
-from gasbench.metrics import get_metric
 from gasbench.records import TEACHER_LABEL, cell_dir, iter_records, write_atomic
-from gasbench.tables import COSTS, _shown, default_metrics, leaderboard, load_frame
+from gasbench.tables import (COSTS, _shown, arrow_text, default_metrics, direction_of, leaderboard, load_frame,
+                             unranked_note, with_schedules)
 
 BOLD = "\x00"  # prefix _shown puts on the best cell of a column; rendered as <strong>
 ANNOTATED_NFE = 6  # coefficient heat-maps print their values up to this size
@@ -88,19 +88,18 @@ def _table_html(shown: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _higher_is_better(metric: str) -> bool:
-    return metric not in COSTS and get_metric(metric).higher_is_better
-
-
-def _arrow(metric: str) -> str:
-    return "higher is better" if _higher_is_better(metric) else "lower is better"
+def _arrow(frame: pd.DataFrame, teacher: str, metric: str) -> str:
+    return arrow_text(direction_of(metric), leaderboard(frame, teacher, metric)[0])
 
 
 def _leaderboard_html(frame: pd.DataFrame, teacher: str, metric: str) -> str:
+    """The table as :func:`gasbench.tables.render` bolds it, and why nothing is bold where nothing is."""
     means, stds = leaderboard(frame, teacher, metric)
     if means.empty:
         return ""
-    return _table_html(_shown(means, stds, _higher_is_better(metric), lambda s: BOLD + s))
+    direction = direction_of(metric)
+    notes = "".join(f'<p class="note">{escape(line)}</p>' for line in unranked_note(direction, means, metric))
+    return _table_html(with_schedules(_shown(means, stds, direction, lambda s: BOLD + s), frame, teacher)) + notes
 
 
 def _styles(methods: list[str], learned: dict[str, bool]) -> dict[str, dict[str, Any]]:
@@ -132,7 +131,7 @@ def _metric_figure(frame: pd.DataFrame, teacher: str, metric: str, styles: dict[
     ax.set_xticks(sorted(methods.nfe.unique()))
     ax.set_xlabel("NFE")
     ax.set_ylabel(metric)
-    ax.set_title(f"{teacher}: {metric} ({_arrow(metric)})", fontsize=10)
+    ax.set_title(f"{teacher}: {metric} ({_arrow(frame, teacher, metric)})", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=7, frameon=False)
     return fig
@@ -319,7 +318,7 @@ def _teacher_section(results_dir: Path, teacher: str, frame: pd.DataFrame, recor
     out.append("<h3>Leaderboards</h3>")
     for i, metric in enumerate(quality):
         table = _leaderboard_html(frame, teacher, metric)
-        summary = f"{escape(teacher)}: {escape(metric)} ({_arrow(metric)})"
+        summary = f"{escape(teacher)}: {escape(metric)} ({escape(_arrow(frame, teacher, metric))})"
         out.append(f"<details{' open' if i == 0 else ''}><summary>{summary}</summary>{table}</details>")
 
     out.append("<h3>Metrics against NFE</h3><div class=\"figures\">")
@@ -348,7 +347,7 @@ def _teacher_section(results_dir: Path, teacher: str, frame: pd.DataFrame, recor
 
     out.append("<h3>Cost</h3>")
     for metric in costs:
-        out.append(f"<p><b>{escape(metric)}</b> (wall seconds, {_arrow(metric)})</p>")
+        out.append(f"<p><b>{escape(metric)}</b> (wall seconds, {_arrow(frame, teacher, metric)})</p>")
         out.append(_leaderboard_html(frame, teacher, metric))
     if "train_s" in costs:
         figure = _figure_png(_metric_figure(frame, teacher, "train_s", styles))
@@ -376,7 +375,8 @@ def build_report(results_dir: Path) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>gasbench report: {escape(str(results_dir))}</title><style>{CSS}</style></head><body>"
             f"<h1>gasbench report: {escape(str(results_dir))}</h1><p class=\"meta\">{escape(meta)}</p>"
-            f'<p class="meta">Teachers: {toc}. Bold: the best method of each column (not the teacher).</p>'
+            f'<p class="meta">Teachers: {toc}. Bold: the best method of each column (not the teacher); '
+            f'for a metric ranked by closeness to the teacher, the one nearest the teacher row.</p>'
             f"{sections}</body></html>\n")
 
 

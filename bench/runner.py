@@ -27,11 +27,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 import gasbench
 from gasbench import distributed, locks
 from gasbench.budgets import DEFAULT_REFERENCE, budget_options
+from gasbench.progress import Bars
 from gasbench.errors import GasbenchError
 from gasbench.faults import fault_point
 from gasbench.images import save_grid
@@ -51,6 +52,7 @@ from gasbench.solvers.executor import ExecutionStats, Table
 from gasbench.solvers.learned import STATE_FILE
 from gasbench.teachers.load import load_teacher
 from gasbench.trajectories import SPLIT_STARTS, TrajectoryCache
+from gasbench.tuning import tune_schedules, wants_tuning
 from gasbench.verify import environment, sample_checksums
 from gasbench.weights import sha256_of
 
@@ -79,6 +81,7 @@ class RunConfig:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method, from --config
     budget: Optional[str] = None  # learned methods' training budget (gasbench.budgets); None: the teacher's
     matched_to: str = DEFAULT_REFERENCE  # the reference method of the matched budget
+    threads: Optional[int] = None  # torch's CPU threads; None: torch's default (OMP_NUM_THREADS or the cores)
     config_file: Optional[dict[str, str]] = None  # path and sha256 of the --config file
     command: Optional[str] = None  # the command line that started the run (the CLI sets it)
 
@@ -98,6 +101,8 @@ class Cell:
     solver: Any
     nfe: int
     table: Table  # a SolverTable, or an AdaptiveTable (rows chosen per sample while sampling)
+    tuned: bool = False  # schedule "tuned": solver and table replaced by tune_schedules (gasbench.tuning)
+    schedule_tuning: Optional[dict[str, Any]] = None  # the validation scores behind a tuned schedule
 
 
 def method_label(name: str, options: dict[str, Any], defaults: Optional[dict[str, Any]] = None) -> str:
@@ -138,7 +143,9 @@ def build_cells(config: RunConfig, teacher) -> list[Cell]:
         cls = entry.obj
         options = explicit_options(name, cls)
         used_args |= options.keys() & config.solver_args.keys()
-        solver = cls(**options)
+        tuned = wants_tuning(entry.name, cls, options)
+        # a tuned cell is built on the paper's schedule here, so an NFE it cannot do fails up front
+        solver = cls(**{**options, "schedule": None}) if tuned else cls(**options)
         label = method_label(entry.name, options, cls.options)
         budget = config.budget or teacher.default_budget
         if solver.learned and budget != teacher.default_budget:
@@ -153,7 +160,7 @@ def build_cells(config: RunConfig, teacher) -> list[Cell]:
                 cell_solver = cls(**{**budgeted, **options})
                 cell_solver.budget = budget
             # built up front so an NFE a solver cannot do fails before any sampling
-            cells.append(Cell(label, cell_solver, nfe, cell_solver.table(teacher, nfe)))
+            cells.append(Cell(label, cell_solver, nfe, cell_solver.table(teacher, nfe), tuned))
     unused = set(config.solver_args) - used_args
     if unused:
         raise GasbenchError(
@@ -185,6 +192,10 @@ def run(config: RunConfig, console: Optional[Console] = None,
     Launched by torchrun, the processes share the work (:mod:`gasbench.distributed`) and write
     the same records as one process; only rank 0 writes files and reports progress."""
     distributed.init_from_env()
+    if config.threads is not None:
+        if config.threads < 1:
+            raise GasbenchError(f"--threads must be at least 1, got {config.threads}.")
+        torch.set_num_threads(config.threads)  # each record's environment says how many ran
     timings = {} if timings is None else timings
     console = console or Console(stderr=True)
     if not distributed.is_main():
@@ -216,10 +227,9 @@ def run(config: RunConfig, console: Optional[Console] = None,
         if not m.paired:
             m.describe(teacher)
     seed_sets = config.seed_ranges()
+    tune_schedules(cells, teacher, config.batch_size, console)
     _check_existing(config, teacher, metrics, cells, seed_sets, console)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False, disable=not distributed.is_main()) as progress:
+    with Bars(console=console, enabled=distributed.is_main()) as progress:
         references, conditions = [], []
         ref = teacher.reference
         start = time.perf_counter()
@@ -470,6 +480,7 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
         "denoiser_time_s": round(stats.denoiser_seconds, 3),
         "peak_memory_mb": round(_peak_memory_mb(), 1),
         "training": cell.solver.summary if cell.solver.learned else None,
+        **({"schedule_tuning": cell.schedule_tuning} if cell.schedule_tuning else {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -1,5 +1,8 @@
 """Leaderboards from recorded results, shaped like GAS Table 2: one table per teacher,
-rows = methods, columns = NFE, the best value of each column in bold.
+rows = methods, columns = NFE, the best value of each column in bold: the lowest, the highest or,
+for a metric that a sampler should match its teacher on (precision, recall, density, coverage),
+the nearest the teacher row, as the metric's direction says (:data:`gasbench.metrics.DIRECTIONS`).
+A last ``schedule`` column names the time-step schedule each row ran on (:func:`with_schedules`).
 
 With the papers' numbers (``render(..., with_paper=True)``, ``gasbench table --with-paper``) each
 table keeps its columns (the NFEs we measured) and gains the published rows of the same teacher and
@@ -48,14 +51,15 @@ def load_frame(results_dir: Path) -> pd.DataFrame:
     rows = []
     for r in iter_records(results_dir):
         base = {"teacher": r["teacher"]["name"], "method": r["method"], "nfe": r["nfe"],
-                "reference": f"{r['solver']['name']} NFE {r['nfe']}" if r["method"] == TEACHER_LABEL else None}
+                "reference": f"{r['solver']['name']} NFE {r['nfe']}" if r["method"] == TEACHER_LABEL else None,
+                "schedule": "learned" if r["solver"].get("learned") else r["solver"].get("schedule")}
         for name, value in r["metrics"].items():
             rows.append({**base, "metric": name, "value": value, "std": r.get("metrics_std", {}).get(name, float("nan"))})
         for name, cost in COSTS.items():
             value = cost(r)
             if value is not None:
                 rows.append({**base, "metric": name, "value": value, "std": float("nan")})
-    return pd.DataFrame(rows, columns=["teacher", "method", "nfe", "metric", "value", "std", "reference"])
+    return pd.DataFrame(rows, columns=["teacher", "method", "nfe", "metric", "value", "std", "reference", "schedule"])
 
 
 def leaderboard(frame: pd.DataFrame, teacher: str, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -77,10 +81,54 @@ def leaderboard(frame: pd.DataFrame, teacher: str, metric: str) -> tuple[pd.Data
     return tables[0], tables[1]
 
 
-def _shown(means: pd.DataFrame, stds: pd.DataFrame, higher_is_better: bool, bold) -> pd.DataFrame:
-    """Formatted cells, ``mean ± std`` where a std exists; the best method (not the teacher) bold."""
-    methods = means[~means.index.str.startswith("Teacher (")]
-    best = methods.max() if higher_is_better else methods.min()
+def with_schedules(table: pd.DataFrame, frame: pd.DataFrame, teacher: str) -> pd.DataFrame:
+    """``table`` (a leaderboard's rows) with a last ``schedule`` column: the time-step schedule a
+    handcrafted row ran on, ``NFE n: name`` each where its NFEs differ (``--schedule tuned`` chooses
+    per NFE), the teacher row's reference solver's, or ``learned``; unchanged when no row records one."""
+    sub = frame[frame.teacher == teacher].drop_duplicates(["method", "nfe"]).sort_values("nfe")
+    column = []
+    for label in table.index:
+        method = TEACHER_LABEL if label.startswith("Teacher (") else label
+        rows = sub[sub.method == method].dropna(subset=["schedule"])
+        names = list(dict.fromkeys(rows.schedule))
+        per_nfe = ", ".join(f"NFE {n}: {name}" for n, name in zip(rows.nfe, rows.schedule))
+        column.append(names[0] if len(names) == 1 else per_nfe or "-")
+    return table.assign(schedule=column) if any(name != "-" for name in column) else table
+
+
+def direction_of(metric: str) -> str:
+    """Which value of a tabled column is best (:data:`gasbench.metrics.DIRECTIONS`); costs: the lowest."""
+    return "lower" if metric in COSTS else get_metric(metric).direction
+
+
+def teacher_value(means: pd.DataFrame) -> Optional[float]:
+    """The teacher row's value (the same under every NFE), None when the table has no teacher row."""
+    row = means[means.index.str.startswith("Teacher (")]
+    return None if row.empty else float(row.iloc[0, 0])
+
+
+def arrow_text(direction: str, means: pd.DataFrame) -> str:
+    """The heading's words for ``direction``; a teacher-direction one names the teacher's value."""
+    if direction != "teacher":
+        return f"{direction} is better"
+    target = teacher_value(means)
+    return "closest to the teacher is best" if target is None else f"closest to the teacher's {target:.4g} is best"
+
+
+def unranked_note(direction: str, means: pd.DataFrame, metric: str) -> list[str]:
+    """Why a table has no bold cell: a teacher-direction metric without the teacher row."""
+    if direction != "teacher" or teacher_value(means) is not None:
+        return []
+    return [f"Nothing is bold: {metric} ranks by closeness to the teacher's own value, and no teacher row "
+            f"records it here (`gasbench run` writes one with any distribution metric)."]
+
+
+def _shown(means: pd.DataFrame, stds: pd.DataFrame, direction: str, bold) -> pd.DataFrame:
+    """Formatted cells, ``mean ± std`` where a std exists; the best method (not the teacher) bold:
+    the lowest, the highest, or the nearest the teacher row (none without one), per ``direction``."""
+    mine = ~means.index.str.startswith("Teacher (")
+    target = teacher_value(means)
+    scores = {"lower": means, "higher": -means, "teacher": None if target is None else (means - target).abs()}[direction]
 
     def cell(mean: float, std: float) -> str:
         if pd.isna(mean):
@@ -88,8 +136,10 @@ def _shown(means: pd.DataFrame, stds: pd.DataFrame, higher_is_better: bool, bold
         return f"{mean:.4g}" if pd.isna(std) else f"{mean:.4g} ± {std:.2g}"
 
     shown = pd.DataFrame({c: [cell(m, d) for m, d in zip(means[c], stds[c])] for c in means.columns}, index=means.index)
+    if scores is None:
+        return shown
     for col in means.columns:
-        hits = (means[col] == best[col]) & ~means.index.str.startswith("Teacher (")
+        hits = (scores[col] == scores.loc[mine, col].min()) & mine
         shown.loc[hits, col] = shown.loc[hits, col].map(bold)
     return shown
 
@@ -218,11 +268,12 @@ def _latex_label(label: str) -> str:
 
 
 def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "markdown", teacher: str | None = None,
-           methods: list[str] | None = None, exclude: list[str] | None = None, with_paper: bool = False) -> str:
+           methods: list[str] | None = None, exclude: list[str] | None = None, with_paper: bool = False,
+           nfes: list[int] | None = None) -> str:
     """Leaderboards of every teacher (or one) for each of ``metrics`` (default: the teacher's first),
     with the methods :func:`select_methods` keeps; ``with_paper`` adds the papers' numbers for the
     same teacher and metric (the patterns select among those too), laid out as the module
-    docstring says."""
+    docstring says; ``nfes``: only those NFE columns."""
     if fmt not in FORMATS:
         raise GasbenchError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}.")
     for name in metrics or []:
@@ -232,17 +283,19 @@ def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "mark
     if frame.empty:
         raise GasbenchError(f"no results recorded under '{results_dir}'. Run `gasbench run` first.")
     frame = select_methods(frame, methods, exclude)
+    if nfes:  # the teacher's own row (at its reference NFE) stands in every column
+        frame = frame[frame.nfe.isin(nfes) | (frame.method == TEACHER_LABEL)]
     teachers = sorted(frame.teacher.unique()) if teacher is None else [teacher]
     parts = []
     for name in teachers:
         if name not in set(frame.teacher):
             continue
         for metric in metrics or [_default_metric(frame, name)]:
-            higher_is_better = metric not in COSTS and get_metric(metric).higher_is_better
-            arrow = "higher is better" if higher_is_better else "lower is better"
+            direction = direction_of(metric)
             means, stds = leaderboard(frame, name, metric)
             if means.empty:
                 continue
+            arrow, unranked = arrow_text(direction, means), unranked_note(direction, means, metric)
             order, notes = None, []
             if with_paper:
                 reported = paper_numbers(name, metric)
@@ -252,22 +305,23 @@ def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "mark
                 notes = ([f"{p.label}: {p.note}" for _, p in order if p is not None and p.note] if published
                          else [_no_published(name, metric, reported, selected)])
             if fmt == "csv":
-                merged = means.join(stds.add_suffix(" std"))
+                merged = with_schedules(means.join(stds.add_suffix(" std")), frame, name)
                 if order is not None:
                     merged = _csv_with_published(merged, order)
                 parts.append(merged.reset_index().assign(teacher=name, metric=metric).to_csv(index=False))
             elif fmt == "latex":
-                shown = _shown(means, stds, higher_is_better, lambda s: f"\\textbf{{{s}}}")
+                shown = with_schedules(_shown(means, stds, direction, lambda s: f"\\textbf{{{s}}}"), frame, name)
                 if order is not None:
                     shown = _with_published(shown, order)
                 parts.append(f"% {name}: {metric} ({arrow})\n"
                              + shown.rename(index=_latex_label).to_latex().replace("±", "$\\pm$")
-                             + "".join(f"% {line}\n" for line in notes))
+                             + "".join(f"% {line}\n" for line in unranked + notes))
             else:
-                shown = _shown(means, stds, higher_is_better, lambda s: f"**{s}**")
+                shown = with_schedules(_shown(means, stds, direction, lambda s: f"**{s}**"), frame, name)
                 if order is not None:
                     shown = _with_published(shown, order)
                 parts.append(f"### {name}: {metric} ({arrow})\n\n" + shown.to_markdown()
+                             + "".join(f"\n\n_{line}_" for line in unranked)
                              + (_markdown_notes(notes, bool(published)) if with_paper else ""))
     if not parts:
         wanted = ", ".join(metrics) if metrics else "any metric"

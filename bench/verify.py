@@ -102,6 +102,12 @@ def _table(record: dict[str, Any], teacher, cell: Path, checks: list[Check]):
                             else f"recorded {recorded}, the teacher now has {now}"))
         return SOLVERS.get(ref.solver)(schedule=ref.schedule, **ref.options).table(teacher, ref.nfe)
     info = record["solver"]
+    if info["name"] not in SOLVERS:
+        raise GasbenchError(
+            f"the solver '{info['name']}' of {record['method']} is not registered here; if it comes from a plugin, "
+            f"pass it as for the run: `gasbench verify ... --plugin <module or file.py>` (the run was: "
+            f"{record.get('run_config', {}).get('command', 'not recorded')})."
+        )
     cls = SOLVERS.get(info["name"])
     solver = cls(**{k: info[k] for k in cls.options if k in info})
     recorded, found = record["identity"]["solver_hash"], solver.config_hash(teacher)

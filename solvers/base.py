@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar
 from gasbench.errors import GasbenchError
 from gasbench.registry import SOLVERS
 from gasbench.solvers.executor import SolverTable, trace
-from gasbench.solvers.schedules import make_sigmas
+from gasbench.solvers.schedules import PaperSchedule, make_sigmas
 
 
 class Solver(ABC):
@@ -56,11 +56,15 @@ class Solver(ABC):
     def table(self, teacher, nfe: int) -> SolverTable:
         """The coefficient table for ``teacher`` at exactly ``nfe`` denoiser evaluations."""
 
+    def default_schedule(self, teacher) -> str:
+        """The schedule when none is asked for: the teacher's (learned solvers start from it)."""
+        return teacher.default_schedule
+
     def resolved_config(self, teacher) -> dict[str, Any]:
         """The options with teacher-dependent defaults filled in, as recorded in results."""
         config = dict(self.config)
         if config.get("schedule") is None and "schedule" in config:
-            config["schedule"] = teacher.default_schedule
+            config["schedule"] = self.default_schedule(teacher)
         return config
 
     def config_hash(self, teacher) -> str:
@@ -143,6 +147,16 @@ class HandcraftedSolver(Solver):
 
     loop: ClassVar[Callable]
     evals_per_step: ClassVar[int] = 1
+    # the schedule of the solver's own paper: a name, or a rule of the teacher (PaperSchedule);
+    # None: the teacher's default schedule
+    paper_schedule: ClassVar[str | PaperSchedule | None] = None
+
+    def default_schedule(self, teacher) -> str:
+        """Without ``schedule``: the one its paper uses for a teacher like this (``paper_schedule``)."""
+        rule = self.paper_schedule
+        if rule is None:
+            return super().default_schedule(teacher)
+        return rule if isinstance(rule, str) else rule(teacher)
 
     def steps_for(self, nfe: int) -> int:
         if nfe < 1:
@@ -172,13 +186,15 @@ def handcrafted_solver(
     aliases: tuple[str, ...] = (),
     evals_per_step: int = 1,
     choices: dict[str, tuple] | None = None,
+    paper_schedule: str | PaperSchedule | None = None,
     **defaults: Any,
 ) -> Callable[[Callable], Callable]:
     """Register a sampling loop as a solver named ``name``.
 
     The loop's keyword arguments become the solver's options (with ``defaults`` overriding the
-    loop's own), plus ``schedule`` (default: the teacher's schedule); ``choices`` restricts an
-    option to the listed values. Returns the loop unchanged,
+    loop's own), plus ``schedule`` (default: ``paper_schedule``, a schedule's name or a
+    :class:`~gasbench.solvers.schedules.PaperSchedule` rule of the teacher, else the teacher's
+    schedule); ``choices`` restricts an option to the listed values. Returns the loop unchanged,
     so it can still be called directly on tensors.
     """
 
@@ -200,6 +216,7 @@ def handcrafted_solver(
                 "evals_per_step": evals_per_step,
                 "options": {"schedule": None, **params, **defaults},
                 "choices": choices or {},
+                "paper_schedule": paper_schedule,
                 "__doc__": description or inspect.getdoc(loop),
                 "__module__": loop.__module__,
             },

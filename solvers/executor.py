@@ -29,6 +29,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from gasbench.errors import GasbenchError
+
 Scalar = Union[float, torch.Tensor]
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -64,13 +66,25 @@ class LinComb:
 
     def __mul__(self, scalar: Scalar):
         if isinstance(scalar, LinComb):
-            raise TypeError("a sampling loop may only combine vectors linearly")
+            raise NonLinearLoop("a vector times a vector")
         return LinComb({k: v * scalar for k, v in self.terms.items()})
 
     __rmul__ = __mul__
 
     def __truediv__(self, scalar: Scalar):
+        if isinstance(scalar, LinComb):
+            raise NonLinearLoop("a division by a vector")
         return LinComb({k: v / scalar for k, v in self.terms.items()})
+
+
+class NonLinearLoop(GasbenchError):
+    """A sampling loop did something to a traced vector that is not +, -, or * or / by a scalar."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            f"solver loops may only combine vectors linearly (+, -, and * or / by a scalar, as in "
+            f"x + h * d); the loop used {what}. Compute coefficients from sigmas, not from x or D."
+        )
 
 
 @dataclass
@@ -107,20 +121,25 @@ def trace(loop: Callable[..., LinComb], sigmas: torch.Tensor, **params) -> Solve
         eval_sigmas.append(torch.as_tensor(sigma, dtype=sigmas.dtype))
         return LinComb({len(rows) - 1: 1.0})
 
-    output = loop(model, LinComb({-1: 1.0}), sigmas, **params)
+    try:
+        output = loop(model, LinComb({-1: 1.0}), sigmas, **params)
+    except TypeError as exc:  # x + 1.0, x ** 2, torch.exp(x): Python or torch refuses a LinComb
+        if "LinComb" not in str(exc):
+            raise
+        raise NonLinearLoop(f"an operation Python could not apply ({exc})") from None
     rows.append(output)
     m = len(eval_sigmas)
     if m == 0:
-        raise ValueError("a solver must evaluate the denoiser at least once")
+        raise GasbenchError("a solver loop must evaluate the denoiser at least once (call model(x, sigma)).")
     if rows[0].terms != {-1: 1.0}:
-        raise ValueError("the first evaluation must be at the initial noise x_T")
+        raise GasbenchError("a solver loop must make its first evaluation at the initial noise x_T it was given.")
     zero = sigmas.new_zeros(())
     a = [[zero] * m for _ in range(m)]
     c = [[zero] * m for _ in range(m)]
     for n, row in enumerate(rows[1:]):
         for key, coef in row.terms.items():
             if key >= n + 1:
-                raise ValueError("a sampling loop used a denoiser output before computing it")
+                raise GasbenchError("a solver loop used a denoiser output before computing it.")
             coef = torch.as_tensor(coef, dtype=sigmas.dtype)
             if key == -1:
                 a[n][0] = coef

@@ -8,6 +8,10 @@ Convention for "lower order final" (recorded in each result): with ``lower_order
 multistep solvers use order min(order, n + 1, N - n) at step n of N, the convention of the
 official DPM-Solver++/UniPC code and of diffusers below 15 steps. A step to sigma = 0 is always
 first order (h is infinite there).
+
+Schedule: without ``--schedule`` each solver runs on the one its own paper uses for a teacher like
+the one at hand (``paper_schedule``, :class:`~gasbench.solvers.schedules.PaperSchedule`), named in
+its docstring; ``gasbench run --schedule tuned`` picks it on validation trajectories instead.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from gasbench.solvers.base import handcrafted_solver
+from gasbench.solvers.schedules import DDIM_SCHEDULE, DEIS_SCHEDULE, DPM_SOLVER_SCHEDULE
 
 
 def step_order(order: int, n: int, steps: int, lower_order_final: bool) -> int:
@@ -30,18 +35,24 @@ def to_d(x, sigma, denoised):
     return (x - denoised) / sigma
 
 
-@handcrafted_solver("euler", aliases=("ddim",))
+@handcrafted_solver("euler", aliases=("ddim",), paper_schedule=DDIM_SCHEDULE)
 def euler(model, x, sigmas):
-    """Euler / DDIM (first order). Song et al. (2021) DDIM = Karras et al. (2022) Alg. 1 Euler."""
+    """Euler / DDIM (first order). Song et al. (2021) DDIM = Karras et al. (2022) Alg. 1 Euler.
+
+    Schedule: DDIM's, App. D.2: time-quadratic on pixel teachers up to 32x32, else time-uniform.
+    """
     for n in range(len(sigmas) - 1):
         denoised = model(x, sigmas[n])
         x = x + (sigmas[n + 1] - sigmas[n]) * to_d(x, sigmas[n], denoised)
     return x
 
 
-@handcrafted_solver("heun", evals_per_step=2)
+@handcrafted_solver("heun", evals_per_step=2, paper_schedule="edm")
 def heun(model, x, sigmas):
-    """Heun's 2nd-order method, two evaluations per step. Karras et al. (2022), arXiv:2206.00364, Alg. 1."""
+    """Heun's 2nd-order method, two evaluations per step. Karras et al. (2022), arXiv:2206.00364, Alg. 1.
+
+    Schedule: EDM's, rho = 7 (Eq. 5), on every teacher.
+    """
     for n in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[n], sigmas[n + 1]
         d = to_d(x, sigma, model(x, sigma))
@@ -89,15 +100,21 @@ def _dpmpp_multistep(model, x, sigmas, order, lower_order_final):
     return x
 
 
-@handcrafted_solver("dpmpp2m", aliases=("dpm-solver++2m", "dpmpp-2m"))
+@handcrafted_solver("dpmpp2m", aliases=("dpm-solver++2m", "dpmpp-2m"), paper_schedule=DPM_SOLVER_SCHEDULE)
 def dpmpp_2m(model, x, sigmas, *, lower_order_final: bool = True):
-    """DPM-Solver++(2M), data prediction. Lu et al. (2022b), arXiv:2211.01095, Alg. 2."""
+    """DPM-Solver++(2M), data prediction. Lu et al. (2022b), arXiv:2211.01095, Alg. 2.
+
+    Schedule: DPM-Solver's: logSNR on unguided pixel teachers up to 64x64, else time-uniform.
+    """
     return _dpmpp_multistep(model, x, sigmas, 2, lower_order_final)
 
 
-@handcrafted_solver("dpmpp3m", aliases=("dpm-solver++3m", "dpmpp-3m"))
+@handcrafted_solver("dpmpp3m", aliases=("dpm-solver++3m", "dpmpp-3m"), paper_schedule=DPM_SOLVER_SCHEDULE)
 def dpmpp_3m(model, x, sigmas, *, lower_order_final: bool = True):
-    """DPM-Solver++(3M), data prediction. Lu et al. (2022b), arXiv:2211.01095, Sec. 3.3."""
+    """DPM-Solver++(3M), data prediction. Lu et al. (2022b), arXiv:2211.01095, Sec. 3.3.
+
+    Schedule: DPM-Solver's: logSNR on unguided pixel teachers up to 64x64, else time-uniform.
+    """
     return _dpmpp_multistep(model, x, sigmas, 3, lower_order_final)
 
 
@@ -165,15 +182,22 @@ def _unipc(model, x, sigmas, order, variant, lower_order_final):
     return x
 
 
-@handcrafted_solver("unipc", aliases=("unipc-bh1",), choices={"order": (1, 2, 3)})
+@handcrafted_solver("unipc", aliases=("unipc-bh1",), choices={"order": (1, 2, 3)}, paper_schedule=DPM_SOLVER_SCHEDULE)
 def unipc_bh1(model, x, sigmas, *, order: int = 3, lower_order_final: bool = True):
-    """UniPC with B(h) = h (bh1), orders 1-3. Zhao et al. (2023), arXiv:2302.04867, Alg. 1-2."""
+    """UniPC with B(h) = h (bh1), orders 1-3. Zhao et al. (2023), arXiv:2302.04867, Alg. 1-2.
+
+    Schedule: DPM-Solver++'s, which UniPC follows (GAS Table 17's UniPC teachers alike): logSNR on
+    unguided pixel teachers up to 64x64, else time-uniform.
+    """
     return _unipc(model, x, sigmas, order, "bh1", lower_order_final)
 
 
-@handcrafted_solver("unipc-bh2", choices={"order": (1, 2, 3)})
+@handcrafted_solver("unipc-bh2", choices={"order": (1, 2, 3)}, paper_schedule=DPM_SOLVER_SCHEDULE)
 def unipc_bh2(model, x, sigmas, *, order: int = 3, lower_order_final: bool = True):
-    """UniPC with B(h) = e^h - 1 (bh2), orders 1-3. Zhao et al. (2023), arXiv:2302.04867, Alg. 1-2."""
+    """UniPC with B(h) = e^h - 1 (bh2), orders 1-3. Zhao et al. (2023), arXiv:2302.04867, Alg. 1-2.
+
+    Schedule: as ``unipc``'s.
+    """
     return _unipc(model, x, sigmas, order, "bh2", lower_order_final)
 
 
@@ -187,11 +211,12 @@ ADAMS_BASHFORTH = {
 }
 
 
-@handcrafted_solver("ipndm", choices={"order": (1, 2, 3, 4)})
+@handcrafted_solver("ipndm", choices={"order": (1, 2, 3, 4)}, paper_schedule=DEIS_SCHEDULE)
 def ipndm(model, x, sigmas, *, order: int = 4):
     """iPNDM: Adams-Bashforth on dx/dsigma with lower-order warm start, orders 1-4.
 
-    Zhang & Chen (2023), DEIS, arXiv:2204.13902, Sec. 4 / Eq. (iPNDM).
+    Zhang & Chen (2023), DEIS, arXiv:2204.13902, Sec. 4 / Eq. (iPNDM). Schedule: DEIS's time-quadratic
+    on pixel teachers up to 64x64, time-uniform on the others (DLMS Sec. 4.4).
     """
     directions = []
     for n in range(len(sigmas) - 1):

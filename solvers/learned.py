@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress, TextColumn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch.utils.checkpoint import checkpoint
@@ -39,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from gasbench import distributed
 from gasbench.errors import GasbenchError
 from gasbench.faults import fault_point
+from gasbench.progress import Bars
 from gasbench.records import write_atomic
 from gasbench.solvers.base import Solver
 from gasbench.solvers.executor import AdaptiveTable, SolverTable, Table, execute, per_sample
@@ -419,10 +420,8 @@ class LearnedSolver(Solver):
         if isinstance(progress, Progress):  # a caller's live display (gasbench run)
             bar, display = progress, contextlib.nullcontext()
         else:
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("eta"),
-                       TimeRemainingColumn())
-            bar = display = Progress(*columns, disable=not progress or not distributed.is_main())
+            bar = display = Bars(TextColumn("loss {task.fields[loss]:.4f}"),
+                                 enabled=bool(progress) and distributed.is_main())
         with display:
             task = bar.add_task(f"[bold]fit {self.name} NFE {nfe}", total=cfg["iterations"], completed=start, loss=math.nan)
             for iteration in range(start, cfg["iterations"]):
@@ -526,6 +525,8 @@ def load_saved_solver(directory: Path) -> tuple[LearnedSolver, Any, int]:
     from gasbench.teachers.load import load_teacher
 
     directory = Path(directory)
+    if not directory.is_dir():
+        raise GasbenchError(f"{directory} does not exist; pass a result cell directory such as results/digits/gs/nfe4.")
     try:
         blob = json.loads((directory / CONFIG_FILE).read_text())
         name, teacher_name, nfe = blob["solver"], blob["teacher"], int(blob["nfe"])

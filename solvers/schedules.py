@@ -9,6 +9,8 @@ Appendix D.1 (Eqs. 23-24) and EDM (Karras et al., 2022, Eq. 5).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from gasbench.errors import GasbenchError
@@ -81,6 +83,35 @@ def gits(steps: int, teacher) -> torch.Tensor:
             f"choose another --schedule."
         )
     return fixed_times(GITS_TIMES[steps], teacher)
+
+
+@dataclass(frozen=True)
+class PaperSchedule:
+    """A paper's schedule as it depends on the teacher: ``small_pixel`` for an unguided pixel-space
+    teacher at most ``max_side`` pixels wide, ``otherwise`` for a larger, latent, text-to-image or
+    guided one. What a handcrafted solver runs on without ``--schedule`` (its ``paper_schedule``)."""
+
+    small_pixel: str
+    otherwise: str
+    max_side: int
+
+    def __call__(self, teacher) -> str:
+        pixel = teacher.modality == "pixel" and getattr(teacher, "guidance_scale", 1.0) == 1.0
+        return self.small_pixel if pixel and max(teacher.shape[-2:]) <= self.max_side else self.otherwise
+
+
+# DDIM (Song et al., 2021, App. D.2): quadratic time steps on CIFAR-10 (32x32), linear on CelebA 64
+# and LSUN 256; the DPM-Solver code repeats it ("time_quadratic ... Used in DDIM for low-resolutional
+# data", LD3 release ldm/models/diffusion/dpm_solver/dpm_solver.py:282).
+DDIM_SCHEDULE = PaperSchedule("time-quadratic", "time-uniform", max_side=32)
+# DPM-Solver / DPM-Solver++ (Lu et al., 2022a/b): "logSNR ... time_uniform (Recommended for
+# high-resolutional data)" (same file :280-281), time-uniform for DPM-Solver++'s guided and latent
+# sampling (Sec. 6); UniPC (Zhao et al., 2023) keeps DPM-Solver++'s settings. GAS Table 17's UniPC
+# teachers: logSNR on CIFAR-10, FFHQ, AFHQv2 64x64, time-uniform / -quadratic on latent LSUN / ImageNet.
+DPM_SOLVER_SCHEDULE = PaperSchedule("logsnr", "time-uniform", max_side=64)
+# DEIS / iPNDM (Zhang & Chen, 2023): time-quadratic ("time square"); DLMS Sec. 4.4 finds DEIS best
+# on it for the EDM teachers (CIFAR-10, FFHQ, ImageNet 64) and time-uniform on the others.
+DEIS_SCHEDULE = PaperSchedule("time-quadratic", "time-uniform", max_side=64)
 
 
 def make_sigmas(schedule: str, steps: int, teacher) -> torch.Tensor:

@@ -23,25 +23,21 @@ per file and is cached as safetensors (:func:`gasbench.weights.converted_weights
 
 from __future__ import annotations
 
-import _compat_pickle
-import builtins
 import contextlib
 import pickle
 import re
 import tempfile
-import types
 import zipfile
-from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 
+from gasbench import safe_pickle
 from gasbench.errors import GasbenchError
 from gasbench.registry import register_teacher
-from gasbench.safe_pickle import _record_class
 from gasbench.teachers.base import ReferenceSolver
 from gasbench.teachers.diffusers_teacher import DiffusersTeacher
 from gasbench.weights import WeightsSource, converted_weights, gasbench_home, resolve_weights
@@ -49,64 +45,11 @@ from gasbench.weights import WeightsSource, converted_weights, gasbench_home, re
 # ---------------------------------------------------------------------------------------------
 # Reading a Lightning checkpoint without running it
 
-# Modules that run code, touch files or reach the network: a checkpoint naming anything from
-# them is refused, even a name that looks like a class (subprocess.Popen).
-_DANGEROUS_MODULES = frozenset({
-    "os", "posix", "nt", "subprocess", "sys", "builtins", "shutil", "socket", "importlib", "runpy",
-    "pickle", "marshal", "ctypes", "code", "codeop", "pty", "multiprocessing", "webbrowser", "types",
-    "functools", "operator", "inspect", "signal", "threading", "asyncio", "urllib", "http", "pdb",
-})
-_PLAIN_TYPES = ("dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float",
-                "bool", "complex", "slice", "range")
-
-
-@lru_cache(maxsize=1)
-def _admitted_globals() -> dict[str, Any]:
-    """torch's own weights-only allow-list (tensor rebuilders, storages, dtypes, OrderedDict)
-    plus plain container and number types."""
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    admitted = dict(_get_allowed_globals())
-    admitted.update({f"builtins.{name}": getattr(builtins, name) for name in _PLAIN_TYPES})
-    admitted["collections.defaultdict"] = defaultdict
-    return admitted
-
-
-class _CheckpointUnpickler(pickle.Unpickler):
-    """Admits tensors and plain containers; any other class (a Lightning callback, hparams) becomes
-    an inert :class:`~gasbench.safe_pickle.ModuleRecord` and is never imported; functions and
-    anything from :data:`_DANGEROUS_MODULES` stop the load."""
-
-    source = "the checkpoint"
-
-    def find_class(self, module: str, name: str):
-        # protocol-2 pickles (torch.save's default) spell Python 3 names the Python 2 way (__builtin__)
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[module, name]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        admitted = _admitted_globals().get(f"{module}.{name}")
-        if admitted is not None:
-            return admitted
-        if module.split(".")[0] not in _DANGEROUS_MODULES and name[:1].isupper():
-            return _record_class(f"{module}.{name}")
-        raise GasbenchError(
-            f"{self.source} asks to load '{module}.{name}', which a checkpoint has no reason to run; refusing it "
-            f"(the file may be malicious). Nothing from it was executed."
-        )
-
-
-def _restricted_pickle_module(source: str) -> types.ModuleType:
-    """A pickle module for ``torch.load(pickle_module=...)`` whose Unpickler is the restricted one."""
-    unpickler = type("Unpickler", (_CheckpointUnpickler,), {"source": source})
-    module = types.ModuleType("gasbench_checkpoint_pickle")
-    module.Unpickler = unpickler
-    module.load = lambda file, **kwargs: unpickler(file, **kwargs).load()
-    return module
-
 
 def read_lightning_checkpoint(path: Path) -> Any:
     """The object ``torch.save`` wrote to ``path``, read with ``weights_only=True`` or, when that
-    refuses a non-tensor global (Lightning classes), with :class:`_CheckpointUnpickler`."""
+    refuses a non-tensor global (Lightning's ``ModelCheckpoint``), by gasbench's restricted
+    unpickler with the ``lightning-checkpoint`` allow-list (:data:`gasbench.safe_pickle.FORMATS`)."""
     unreadable = f"{path} is not a readable torch checkpoint"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -116,7 +59,7 @@ def read_lightning_checkpoint(path: Path) -> Any:
         raise GasbenchError(f"{unreadable} ({type(exc).__name__}: {str(exc).split('. ')[0]}).") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False,
-                          pickle_module=_restricted_pickle_module(str(path)))
+                          pickle_module=safe_pickle.pickle_module("lightning-checkpoint", str(path)))
     except GasbenchError:
         raise
     except Exception as exc:

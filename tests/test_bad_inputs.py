@@ -3,7 +3,7 @@ already recorded, is one clear message and a non-zero exit, with no traceback (u
 no record written and every recorded file byte-identical afterwards.
 
 Each case builds what it needs (a damaged file, a plugin, an environment variable) and returns the
-command; the README's bad-input table lists the same cases."""
+command; the bad-input table of docs/reliability.md lists the same cases."""
 
 from __future__ import annotations
 

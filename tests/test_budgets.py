@@ -85,9 +85,24 @@ def test_matched_run_records_equal_passes(tmp_path, monkeypatch, capsys):
         assert abs(spent[label] - target) <= 2 * 2 * batch, (label, spent[label])
     code, out, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", results, "--metric", "train_passes")
     assert code == 0 and "train_passes" in out and "320" in out
+    code, out, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", results, "--metric", "train_passes", "--nfe", "2")
+    assert code == 0 and "NFE=2" in out
+    code, out, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", results, "--metric", "train_passes", "--nfe", "4")
+    assert "NFE=2" not in out
 
 
 def test_unknown_budget_is_one_message(tmp_path, monkeypatch, capsys):
     code, out, err = gasbench(monkeypatch, capsys, "run", "-d", "gmm", "-m", "gs", "--budget", "huge",
                               "--results-dir", tmp_path)
     assert code != 0 and "--budget huge" in err and "cpu, paper, matched" in err and "Traceback" not in err
+
+
+def test_budgets_table_is_written_into_a_document(tmp_path, monkeypatch, capsys):
+    """`gasbench budgets --into` fills the named block with the rows it prints, keeping the rest."""
+    document = tmp_path / "budgets.md"
+    document.write_text("before\n<!-- gasbench-table:b:start -->\nstale\n<!-- gasbench-table:b:end -->\nafter\n")
+    code, out, err = gasbench(monkeypatch, capsys, "budgets", "-d", "gmm", "--nfe", "4", "--into", document, "--block", "b")
+    assert code == 0, err
+    text = document.read_text()
+    assert "stale" not in text and text.startswith("before\n") and text.endswith("after\n")
+    assert out.strip() in text and "| gs " in text and "matched" in text

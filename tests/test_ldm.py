@@ -27,6 +27,7 @@ from gasbench.teachers.diffusers_teacher import DiffusersTeacher
 from gasbench.teachers.ldm import (IMAGENET256, LSUN_BEDROOM, imagenet256_dit, ImageNet256Teacher,
                                    LSUNBedroomTeacher)
 from gasbench.weights import gasbench_home
+from helpers import LIGHTNING_CLASSES, ModelCheckpoint, pickled_as
 
 TINY_VQ = dict(ldm.VQ_F4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                block_out_channels=(8, 16), num_vq_embeddings=32, norm_num_groups=4, sample_size=16)
@@ -50,15 +51,6 @@ class TinyImageNet(ImageNet256Teacher):
 
 
 # --- a Lightning checkpoint in the LDM layout ---------------------------------------------------
-
-class ModelCheckpoint:
-    """Stands for pytorch_lightning's callback class, which Lightning pickles as a dict key."""
-
-
-class TrainingConfig:
-    def __init__(self, lr: float):
-        self.lr = lr
-
 
 UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -146,10 +138,12 @@ def schedule_buffers(config) -> dict[str, torch.Tensor]:
 
 
 def write_lightning_checkpoint(path, state: dict[str, torch.Tensor], **extra) -> None:
-    torch.save({"state_dict": {k: v.float() for k, v in state.items()}, "global_step": 1234, "epoch": 7,
-                "pytorch-lightning_version": "1.4.2",
-                "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.1), "best_model_path": "last.ckpt"}},
-                "hyper_parameters": TrainingConfig(lr=1e-4), **extra}, path)
+    """As Lightning 1.4 saves one: the callback's state keyed by pytorch_lightning's class, hparams as a dict."""
+    with pickled_as(LIGHTNING_CLASSES):
+        torch.save({"state_dict": {k: v.float() for k, v in state.items()}, "global_step": 1234, "epoch": 7,
+                    "pytorch-lightning_version": "1.4.2",
+                    "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.1), "best_model_path": "last.ckpt"}},
+                    "hyper_parameters": {"lr": 1e-4}, **extra}, path)
 
 
 def perturbed(module: torch.nn.Module, seed: int) -> torch.nn.Module:
