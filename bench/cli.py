@@ -238,10 +238,14 @@ def show(
     """A learned solver's saved state: configuration, training, time steps (learned vs initial) and
     the Eq. 13 coefficient tables a (on previous points) and c (on denoiser outputs); for a solver
     that picks them per sample while sampling (DLMS), their means over validation seeds."""
+    from gasbench.solvers.cells import load_cell
     from gasbench.solvers.executor import AdaptiveTable
-    from gasbench.solvers.learned import load_saved_solver
+    from gasbench.solvers.learned import CONFIG_FILE
 
-    solver, teacher, nfe = load_saved_solver(cell)
+    solver, teacher, nfe = load_cell(cell)
+    if not solver.learned:
+        raise GasbenchError(f"{cell} holds no saved learned solver ({CONFIG_FILE}); pass the cell directory of a learned "
+                            f"method, e.g. results/digits/gs/nfe4.")
     console.print(f"[bold]{solver.name}[/] for teacher '{teacher.name}' at NFE {nfe} ({cell})")
     console.print("options: " + ", ".join(f"{k}={v}" for k, v in solver.resolved_config(teacher).items()), highlight=False)
     if solver.summary:

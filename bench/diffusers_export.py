@@ -27,7 +27,6 @@ DLMS) have no static table and are refused.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -39,17 +38,9 @@ from diffusers.utils import BaseOutput
 
 import gasbench
 from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS, TEACHERS
-from gasbench.solvers.base import Solver
+from gasbench.solvers.cells import load_cell
 from gasbench.solvers.executor import AdaptiveTable, Table
-from gasbench.solvers.learned import CONFIG_FILE
-from gasbench.teachers.diffusers_teacher import (
-    DiscreteVPSchedule, EDMSchedule, FlowMatchSchedule, NoiseSchedule, teacher_name,
-)
-from gasbench.teachers.base import Teacher
-from gasbench.teachers.load import DIFFUSERS_PREFIX, load_teacher
-
-RECORD_FILE = "metrics.json"
+from gasbench.teachers.diffusers_teacher import DiscreteVPSchedule, EDMSchedule, FlowMatchSchedule, NoiseSchedule
 
 
 def schedule_state(schedule: NoiseSchedule) -> dict[str, Any]:
@@ -206,65 +197,6 @@ class GasbenchScheduler(SchedulerMixin, ConfigMixin):
 
 
 # --- exporting a result cell -------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise GasbenchError(f"cannot read {path} ({exc}); it was not written by gasbench, or is damaged.") from None
-
-
-def _teacher_spec(name: str, record: Optional[dict]) -> str:
-    """What to load the cell's teacher from: its registered name, or the diffusers folder / hub id
-    its record names (a diffusers teacher's name says only the folder's last component)."""
-    if name in TEACHERS:
-        return name
-    described = (record or {}).get("teacher", {})
-    spec, guidance = described.get("spec"), described.get("guidance_scale")
-    if spec and teacher_name(spec) == name:
-        return DIFFUSERS_PREFIX + spec
-    if spec and guidance is not None and teacher_name(spec, guidance) == name:
-        return f"{DIFFUSERS_PREFIX}{spec}?guidance={guidance}"
-    raise GasbenchError(
-        f"the cell's teacher '{name}' is not a registered teacher and its record does not say where the model is; "
-        f"pass it with --teacher diffusers:<folder or hub id>."
-    )
-
-
-def load_cell(cell: Path, teacher: Optional[str] = None) -> tuple[Solver, Teacher, int]:
-    """(solver, teacher, NFE) of a result cell: a learned solver's saved state (``solver.json``) or the
-    solver a benchmark record (``metrics.json``) names. ``teacher`` overrides where the teacher is
-    loaded from (e.g. ``diffusers:<folder>``); it must be the one the cell was solved with."""
-    cell = Path(cell)
-    state, record = _read_json(cell / CONFIG_FILE), _read_json(cell / RECORD_FILE)
-    if state is None and record is None:
-        raise GasbenchError(
-            f"{cell} is not a gasbench result cell: it holds neither {CONFIG_FILE} (a learned solver's state) nor "
-            f"{RECORD_FILE} (a benchmark record); pass a cell directory such as results/<teacher>/gs/nfe4."
-        )
-    try:
-        if state is not None:
-            name, teacher_recorded, nfe, options = state["solver"], state["teacher"], int(state["nfe"]), state
-        else:
-            name, options = record["solver"]["name"], record["solver"]
-            teacher_recorded, nfe = record["teacher"]["name"], int(record["nfe"])
-    except (KeyError, TypeError, ValueError):
-        raise GasbenchError(f"{cell} holds a {CONFIG_FILE} or {RECORD_FILE} that gasbench did not write.") from None
-    spec = teacher or _teacher_spec(teacher_recorded, record)
-    loaded = load_teacher(spec)
-    if loaded.name != teacher_recorded:
-        raise GasbenchError(f"{cell} was solved with teacher '{teacher_recorded}', but '{spec}' is '{loaded.name}'.")
-    cls = SOLVERS.get(name)
-    solver = cls(**{k: options[k] for k in cls.options if k in options})
-    if solver.learned and (state is None or not solver.load_state(cell, loaded, nfe)):
-        raise GasbenchError(
-            f"{cell} holds no usable state of the learned solver {name} for teacher '{teacher_recorded}' at NFE {nfe} "
-            f"(missing, other teacher weights, or a damaged {CONFIG_FILE}); rerun the cell with --overwrite."
-        )
-    return solver, loaded, nfe
 
 
 def export_cell(cell: Path, out: Path, teacher: Optional[str] = None) -> GasbenchScheduler:

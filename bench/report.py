@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-from contextlib import contextmanager
 from html import escape
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -148,36 +146,22 @@ def _log_y(ax, values: np.ndarray) -> None:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
-@contextmanager
-def _offline() -> Iterator[None]:
-    """A report never downloads: a teacher whose weights are not on disk gets a note instead."""
-    previous = os.environ.get("GASBENCH_OFFLINE")
-    os.environ["GASBENCH_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("GASBENCH_OFFLINE")
-        else:
-            os.environ["GASBENCH_OFFLINE"] = previous
-
-
 def _learned_cells(results_dir: Path, teacher: str, records: list[dict]) -> tuple[dict, list[str]]:
     """(method, nfe) -> (evaluation sigmas, table or None for a per-sample table, teacher object)
-    of every learned cell with a saved solver, and one note per cell that could not be loaded."""
+    of every learned cell with a saved solver, and one note per cell that could not be loaded. The
+    teacher is loaded once, by the first cell, and shared by the others."""
+    from gasbench.solvers.cells import load_cell
     from gasbench.solvers.executor import SolverTable
-    from gasbench.solvers.learned import load_saved_solver
 
-    cells, notes = {}, []
+    cells, notes, loaded = {}, [], None
     for r in records:
         if not r["solver"].get("learned"):
             continue
         directory = cell_dir(results_dir, teacher, r["method"], r["nfe"])
         try:
-            with _offline():
-                solver, loaded, nfe = load_saved_solver(directory)
-                sigmas = solver.steps(solver.params, loaded, nfe)["evaluation sigma"]
-                table = solver.table(loaded, nfe)
+            solver, loaded, nfe = load_cell(directory, loaded)
+            sigmas = solver.steps(solver.params, loaded, nfe)["evaluation sigma"]
+            table = solver.table(loaded, nfe)
         except GasbenchError as exc:
             notes.append(f"{r['method']} NFE {r['nfe']}: {exc}")
             continue
@@ -281,7 +265,7 @@ def _training_html(records: list[dict]) -> str:
     """The fit summaries of the learned cells, one row per (method, NFE), in FitResult's order."""
     from dataclasses import fields
 
-    from gasbench.solvers.learned import FitResult
+    from gasbench.solvers.fit import FitResult
 
     rows = {(r["method"], r["nfe"]): r["training"] for r in sorted(records, key=lambda r: (r["method"], r["nfe"]))
             if r.get("training")}

@@ -236,7 +236,7 @@ def run(config: RunConfig, console: Optional[Console] = None,
         for seeds in seed_sets:
             cache = TrajectoryCache(teacher, tuple(seeds))
             task = progress.add_task(f"{teacher.name}: reference {ref.solver} NFE {ref.nfe}, seeds {seeds[0]}-", total=len(seeds))
-            cache.generate(config.batch_size, on_samples=lambda n, task=task: progress.advance(task, n),
+            cache.generate(on_samples=lambda n, task=task: progress.advance(task, n),
                            on_wait=_waiting(progress.console, cache.directory, "generating these trajectories"))
             solved = cache.load()
             references.append(solved["x0"])

@@ -163,27 +163,25 @@ class TrajectoryCache:
         return sorted({round(i * (nfe - 1) / max(self.states - 1, 1)) for i in range(self.states)})
 
     @torch.no_grad()
-    def _solve(self, table, noise: torch.Tensor, cond: Optional[torch.Tensor], batch_size: int) -> dict[str, torch.Tensor]:
-        """x_0 of every sample (batch by batch, as :func:`sample_seeds` computes them) and its kept states."""
+    def _solve(self, table, noise: torch.Tensor, cond: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """x_0 of a shard's samples and their kept states, as one batch: a network's arithmetic can
+        depend on the batch size in the last bits, so a run's ``--batch-size`` must not decide
+        what a shared cache holds."""
         keep = self.state_indices(table.nfe) if self.states else []
-        x0, states = [], []
-        for start in range(0, len(noise), batch_size):
-            part = slice(start, start + batch_size)
-            denoiser = self.teacher.denoiser(None if cond is None else cond[part])
-            x_out, xs = execute(table, denoiser, noise[part] * self.teacher.sigma_max, return_trajectory=True)
-            x0.append(x_out.float())
-            if keep:
-                states.append(torch.stack([xs[i].float() for i in keep], dim=1))
-        tensors = {"x0": torch.cat(x0)}
+        denoiser = self.teacher.denoiser(cond)
+        x0, xs = execute(table, denoiser, noise * self.teacher.sigma_max, return_trajectory=True)
+        tensors = {"x0": x0.float()}
         if keep:
-            tensors["trajectory"] = torch.cat(states)
+            tensors["trajectory"] = torch.stack([xs[i].float() for i in keep], dim=1)
             tensors["trajectory_sigmas"] = table.sigmas[keep].detach().double()
         return tensors
 
-    def generate(self, batch_size: int = 256, on_samples: Optional[Callable[[int], None]] = None,
+    def generate(self, on_samples: Optional[Callable[[int], None]] = None,
                  on_wait: Optional[Callable[[], None]] = None) -> None:
-        """Write every missing shard; shards already on disk are checked and kept (resume). Another
-        process generating the same cache is waited for (``on_wait`` is called when that starts).
+        """Write every missing shard, each solved as one batch of ``shard_size`` samples (so the
+        contents depend on the cache's key alone); shards already on disk are checked and kept
+        (resume). Another process generating the same cache is waited for (``on_wait`` is called
+        when that starts).
 
         In a distributed run each process writes a contiguous block of the shards and returns when
         every shard is written; ``on_samples`` hears of the other processes' shards at the end."""
@@ -202,7 +200,7 @@ class TrajectoryCache:
                     self._read_shard(index)  # a damaged shard stops here with a clear message
                 else:
                     noise, cond = noise_and_conditions(self.teacher, seeds)
-                    tensors = {"seeds": torch.tensor(seeds), "noise": noise.float(), **self._solve(table, noise, cond, batch_size)}
+                    tensors = {"seeds": torch.tensor(seeds), "noise": noise.float(), **self._solve(table, noise, cond)}
                     if cond is not None:
                         tensors["cond"] = cond
                     write_atomic(self.shard_path(index), save(tensors, metadata={"key": self.digest}))

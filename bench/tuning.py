@@ -52,7 +52,7 @@ def tune_schedules(cells: list, teacher, batch_size: int, console: Console) -> N
     cache = TrajectoryCache.for_split(teacher, SPLIT)
     console.print(f"{teacher.name}: tuning schedules on {len(cache.seeds):,} {SPLIT} samples "
                   f"(seeds {cache.seeds[0]}-{cache.seeds[-1]}), by {METRIC}")
-    cache.generate(batch_size, on_wait=lambda: console.print(f"{cache.directory}: waiting for another process"))
+    cache.generate(on_wait=lambda: console.print(f"{cache.directory}: waiting for another process"))
     solved = cache.load()
     metric = get_metric(METRIC)
     for cell in pending:

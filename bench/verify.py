@@ -115,6 +115,7 @@ def _table(record: dict[str, Any], teacher, cell: Path, checks: list[Check]):
                         found if recorded == found else f"recorded {recorded}, the recorded options hash to {found}"))
     if not solver.learned:
         return solver.table(teacher, nfe)
+    from gasbench.solvers.cells import load_cell
     from gasbench.solvers.learned import STATE_FILE
 
     state = cell / STATE_FILE
@@ -126,11 +127,15 @@ def _table(record: dict[str, Any], teacher, cell: Path, checks: list[Check]):
     else:
         checks.append(Check("solver state sha256", recorded == found,
                             found if recorded == found else f"recorded {recorded}, {STATE_FILE} hashes to {found}"))
-    if not solver.load_state(cell, teacher, nfe):
+    try:
+        saved = load_cell(cell, teacher)[0]
+    except GasbenchError:
+        saved = None
+    if saved is None or saved.config != solver.config:  # the state of the recorded options only
         checks.append(Check("solver state", False, f"{STATE_FILE} / solver.json do not load as {info['name']} "
                                                     f"for teacher '{teacher.name}' at NFE {nfe}"))
         return None
-    return solver.table(teacher, nfe)
+    return saved.table(teacher, nfe)
 
 
 def _compare_seeds(samples: torch.Tensor, recorded: list[dict[str, Any]]) -> Check:
@@ -173,9 +178,9 @@ def verify_cell(cell: Path, samples: int = 8, all_seeds: bool = False, device: O
     table = _table(record, teacher, cell, checks)
     if table is None:
         return result
-    batch = config["batch_size"]
-    # the teacher's row holds its reference solutions, solved shard by shard in the trajectory cache
+    # the teacher's row holds its reference solutions, solved one shard per batch in the trajectory cache
     shard = TrajectoryCache.shard_size if record["method"] == TEACHER_LABEL else None
+    batch = shard or config["batch_size"]
 
     def resample(seeds: list[int]) -> torch.Tensor:
         """``seeds`` (the start of a seed set) in the batches the run solved them in."""

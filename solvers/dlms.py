@@ -10,7 +10,8 @@ and the next time scale of a data-prediction multistep update:
     x_n = sigma_n / sigma_{n-1} x_{n-1} + (1 - sigma_n / sigma_{n-1}) D_n,             (Eq. 9)
 
 of order m = min(p, evaluations so far) (p: option ``order``). Rows depend on the sample, so the
-solver is an :class:`~gasbench.solvers.executor.AdaptiveTable` run by the shared executor.
+solver is an :class:`~gasbench.solvers.executor.AdaptiveTable` run by the shared executor
+(:mod:`gasbench.solvers.dlms_designer`: g_phi, Eq. 8-9 and that table).
 
 g_phi (Fig. 2; "modified from AMED-Plugin", Appendix A) maps embeddings of the bottleneck feature
 h (without gradient), the time and the step index through a fully connected layer to p + 1
@@ -63,21 +64,18 @@ uses LPIPS-VGG). Appendix B's settings per teacher: :meth:`DLMSSolver.paper_budg
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
-from gasbench import distributed
 from gasbench.errors import GasbenchError
 from gasbench.registry import register_solver
-from gasbench.solvers.executor import AdaptiveRun, AdaptiveTable, PerSampleTable, execute, per_sample
+from gasbench.solvers.dlms_designer import FEATURE_UNITS, PORTION_EPS, TIME_CHANNELS, Designer, DLMSTable, multistep
+from gasbench.solvers.executor import PerSampleTable, execute
 from gasbench.solvers.handcrafted import ADAMS_BASHFORTH
 from gasbench.solvers.learned import LOSSES, TRAINING_OPTIONS, LearnedSolver, distillation_loss
 from gasbench.solvers.schedules import make_sigmas
 
-PORTION_EPS = 1e-5  # each step keeps a portion in [eps, 1 - eps] of the time left
 DESIGNERS = ("embeddings", "mlp")
 TIME_SCALES = ("exp", "bounded")
 # Appendix B: order p, interpolation steps M, trajectories; batch: see paper_budget. afhqv2 (not in
@@ -93,125 +91,6 @@ PAPER_SETTINGS = {
 }
 MODALITY_SETTINGS = {"pixel": "cifar10", "latent": "lsun-bedroom", "text": "sd15"}
 PAPER_EMA_HALF_LIFE_KIMG = 2  # Sec. 3.3: half-lives of 1, 2 and 3 kimg
-TIME_CHANNELS = 8  # AMED-Plugin's noise_channels: sinusoidal channels of the time embedding
-FEATURE_UNITS = 4  # AMED-Plugin's bottleneck_output_dim: the feature embedding's width
-
-
-def time_embedding(t: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 8): cos and sin of t at frequencies 10^(-4 i / 3), i = 0..3 (DDPM++'s
-    positional embedding with endpoint=True, as AMED-Plugin's ``map_noise``)."""
-    half = TIME_CHANNELS // 2
-    angles = t[:, None] * 1e-4 ** (torch.arange(half, dtype=t.dtype) / (half - 1))
-    return torch.cat([angles.cos(), angles.sin()], dim=1)
-
-
-@dataclass
-class Designer:
-    """g_phi with what turns its outputs into a step: per point n, (a, t_next, s_next)."""
-
-    params: dict[str, torch.Tensor]
-    teacher: object
-    points: int  # evaluation points = steps (NFE, plus the analytical first step)
-    order: int
-    afs: bool
-    kind: str = "mlp"
-    scale_bound: Optional[float] = None  # None: exp, unbounded
-
-    @property
-    def t_max(self) -> float:
-        return self.teacher.time.t(self.teacher.sigma_max)
-
-    @property
-    def delta(self) -> float:
-        return self.teacher.time.t(self.teacher.sigma_min)
-
-    def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        return self.teacher.time.sigma(t)
-
-    def history(self, n: int) -> int:
-        """Order m of the update after point n: the outputs available, up to p (warm-up)."""
-        return min(self.order, n + 1)
-
-    def outputs(self, n: int, features: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The p + 1 raw outputs (B, p + 1) of g_phi(h_n, t_n, n) (module docstring, ``designer``)."""
-        p = self.params
-        if self.kind == "mlp":
-            step = features.new_zeros(len(features), self.points)
-            step[:, n] = 1.0
-            hidden = F.silu(torch.cat([features, t[:, None], step], dim=1) @ p["w1"] + p["b1"])
-            return hidden @ p["w2"] + p["b2"][n]
-        h = F.silu(features @ p["feature_w1"] + p["feature_b1"]) @ p["feature_w2"] + p["feature_b2"]
-        time = F.silu(time_embedding(self.sigma(t)) @ p["time_w"] + p["time_b"])
-        return torch.cat([h, time], dim=1) @ p["w2"] + p["b2"][n]
-
-    def scale(self, raw: torch.Tensor) -> torch.Tensor:
-        """The time scale from its output: exp, or in [1 - b, 1 + b] for a bound b; 1 at 0."""
-        b = self.scale_bound
-        return raw.exp() if b is None else 1 - b + 2 * b * torch.sigmoid(raw)
-
-    def __call__(self, n: int, features: torch.Tensor, t: torch.Tensor):
-        """g_phi(h_n, t_n, n): coefficients (B, m) summing to one, t_{n+1} (B,), s_{n+1} (B,)."""
-        out = self.outputs(n, features, t)
-        m = self.history(n)
-        rest = out[:, : max(m - 1, 0)]
-        a = torch.cat([1 - rest.sum(1, keepdim=True), rest], dim=1) if m > 0 else out[:, :0]
-        if n == self.points - 1:  # the last step ends at delta
-            t_next = torch.full_like(t, self.delta)
-        else:
-            portion = torch.sigmoid(out[:, -2]) * (1 - 2 * PORTION_EPS) + PORTION_EPS
-            t_next = self.delta + (t - self.delta) * portion
-        return a, t_next, self.scale(out[:, -1])
-
-
-def multistep(x: torch.Tensor, sigma, sigma_next, a: torch.Tensor, history: list[torch.Tensor]) -> torch.Tensor:
-    """Eq. 8-9 with per-sample sigma, sigma_next (B,) and a (B, m) on the newest m outputs."""
-    r = per_sample(sigma_next / sigma, x)
-    out = r * x
-    if a.shape[1]:
-        combined = sum(per_sample(a[:, k], x) * history[-1 - k] for k in range(a.shape[1]))
-        out = out + (1 - r) * combined
-    return out
-
-
-class DLMSTable(AdaptiveTable):
-    """Algorithm 2 as an adaptive Eq. 13 table: g_phi picks each row from the evaluation's feature."""
-
-    features = True
-
-    def __init__(self, designer: Designer):
-        self.designer = designer
-        self.points, self.nfe = designer.points, designer.points - int(designer.afs)
-        self.sigma_final = float(designer.teacher.sigma_min)
-
-    def start(self, x_T: torch.Tensor) -> AdaptiveRun:
-        return _DLMSRun(self.designer, len(x_T))
-
-
-class _DLMSRun(AdaptiveRun):
-    """One batch's solve: the per-sample times t_n and time scales s_n chosen so far."""
-
-    def __init__(self, designer: Designer, batch: int):
-        self.designer = designer
-        self.t = [torch.full((batch,), designer.t_max, dtype=torch.float64)]
-        self.scale = [torch.ones(batch, dtype=torch.float64)]
-
-    def sigma(self, n: int):
-        if n == 0 and self.designer.afs:
-            return None
-        return self.scale[n] * self.designer.sigma(self.t[n])
-
-    def row(self, n, denoised, features):
-        d = self.designer
-        t = self.t[n]
-        h = t.new_zeros(len(t), d.teacher.feature_dim) if features is None else features.to(torch.float64)
-        a, t_next, s_next = d(n, h, t)
-        self.t.append(t_next)
-        self.scale.append(s_next)
-        r = d.sigma(t_next) / d.sigma(t)
-        c = [0.0] * (n + 1)
-        for k in range(a.shape[1]):
-            c[n - k] = (1 - r) * a[:, k]
-        return [0.0] * n + [r], c
 
 
 def dpmpp2m_interval(sigma_from: torch.Tensor, sigma_to: torch.Tensor, steps: int) -> PerSampleTable:
@@ -396,21 +275,13 @@ class DLMSSolver(LearnedSolver):
             x_prev, t_prev, h_prev = x_cur.detach(), t_cur.detach(), h_cur
 
     def training_step(self, params, optimizer, teacher, nfe: int, batch: dict[str, torch.Tensor],
-                      generator: torch.Generator, iteration: int) -> float:
-        """Algorithm 1: backpropagate each step's loss as it comes, then one clipped Adam step;
-        returns the sum of the step losses."""
+                      generator: torch.Generator, iteration: int, offsets=None) -> float:
+        """Algorithm 1: the shared :meth:`~LearnedSolver.gradient_step` backpropagates each step's
+        loss as it comes, then one clipped Adam step; returns the sum of the step losses."""
         if self._points(nfe) < 2:
             raise GasbenchError("DLMS without AFS has nothing to learn at NFE 1 (one fixed Euler step); use afs=true or NFE >= 2.")
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for n, (loss, _) in enumerate(self.distillation_steps(params, teacher, nfe, batch), start=2):
-            value = self.finite_loss(loss, iteration, nfe, f", step {n}")
-            loss.backward()
-            total += value
-        distributed.average_gradients(params.values(), len(batch["noise"]))
-        torch.nn.utils.clip_grad_norm_(list(params.values()), self.config["grad_clip"])
-        optimizer.step()
-        return total
+        losses = ((loss, f", step {n}") for n, (loss, _) in enumerate(self.distillation_steps(params, teacher, nfe, batch), start=2))
+        return self.gradient_step(params, optimizer, losses, iteration, nfe, len(batch["noise"]))
 
     # --- gasbench show ---------------------------------------------------------------------------
 

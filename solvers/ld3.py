@@ -265,7 +265,7 @@ class LD3(LearnedStepsMixin, LearnedSolver):
         if self.config["start_update"] != "sgd-keep-if-better":
             return super().move_start_offsets(params, teacher, nfe, batch, shift)
         start = shift.detach()
-        candidate = project_to_ball(start - START_LR / nfe * shift.grad, self.radius)
+        candidate = project_to_ball(start - START_LR / nfe * shift.grad, self.start_radius(teacher, nfe))
         with torch.no_grad():  # batch["noise"] holds noise + start
             student = self.solve(params, teacher, nfe, batch["noise"] + (candidate - start), batch.get("cond"))
             after = pair_losses(self.config["loss"], student, batch["x0"], teacher)

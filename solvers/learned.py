@@ -1,14 +1,10 @@
-"""What every learned solver shares: parameters -> a differentiable table, one distillation loop,
-and a saved state (``solver.safetensors`` + ``solver.json``).
+"""The contract every learned solver keeps: parameters -> a differentiable table, the loss and
+gradient step one training iteration runs, and a saved state (``solver.safetensors`` +
+``solver.json``); the loop that trains them is :mod:`gasbench.solvers.fit`.
 
 A learned method (GS, GAS, S4S, LD3, DLMS, ...) subclasses :class:`LearnedSolver` and implements
 :meth:`~LearnedSolver.parameters_for` and :meth:`~LearnedSolver.table_from`; the executor, the
-teacher-trajectory data and the training loop are shared. The loop is GAS Appendix D without the
-adversarial term: the student solves from the cached noise x_T, a distance compares its output
-with the teacher's reference solution from the same noise (GAS Eq. 7), Adam with gradient-norm
-clipping, an exponential moving average (EMA) of the parameters that the solver samples with,
-and periodic checkpoints so a fit resumes where it stopped and ends with the same parameters as
-an uninterrupted one.
+teacher-trajectory data and the training loop are shared.
 
 Losses: ``l1`` (mean absolute error in sample space; GAS for latent teachers), ``l2`` (mean
 squared error) and ``lpips-vgg`` (LPIPS-VGG on ``teacher.decode`` images upsampled to 224, GAS
@@ -18,37 +14,29 @@ second per image pair on a CPU, a hundred times the student's own solve.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
-import pickle
-import time
 from abc import abstractmethod
-from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Iterable, Optional, Union
 
 import torch
-from rich.progress import Progress, TextColumn
+from rich.progress import Progress
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch.utils.checkpoint import checkpoint
 
 from gasbench import distributed
 from gasbench.errors import GasbenchError
-from gasbench.faults import fault_point
-from gasbench.progress import Bars
 from gasbench.records import write_atomic
 from gasbench.solvers.base import Solver
 from gasbench.solvers.executor import AdaptiveTable, SolverTable, Table, execute, per_sample
-from gasbench.teachers.base import NetworkPasses
+from gasbench.solvers.fit import FitResult, fit
 
 STATE_FILE = "solver.safetensors"
 CONFIG_FILE = "solver.json"
 STATE_FORMAT = "gasbench.learned_solver.v1"
-CHECKPOINT_FORMAT = "gasbench.learned_solver_checkpoint.v2"
 LOSSES = ("l1", "l2", "lpips-vgg")
 # Options every learned solver has: the distillation budget. The paper's values are GAS Appendix
 # D.4 (Adam lr 1e-3, clip 1.0, EMA 0.999, batch 24, 1,400 training pairs, LPIPS, 10k iterations);
@@ -104,60 +92,6 @@ def project_to_ball(offsets: torch.Tensor, radius: float) -> torch.Tensor:
     return offsets * per_sample(torch.clamp(radius / _norms(offsets), max=1.0), offsets)
 
 
-def epoch_batch(size: int, batch_size: int, iteration: int, seed: int) -> torch.Tensor:
-    """Indices of the training pairs of ``iteration``: shuffled epochs without replacement, the
-    last incomplete batch dropped, as the GAS release's loader (``shuffle=True, drop_last=True``,
-    src/gas/synt_data.py:68-72). Each epoch's permutation comes from its own seed, so a fit
-    resumed mid-epoch draws the same batches as an uninterrupted one."""
-    per_epoch = size // batch_size
-    epoch, position = divmod(iteration, per_epoch)
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return order[position * batch_size : (position + 1) * batch_size]
-
-
-def ema_decay(decay: float, updates: int) -> float:
-    """torch_ema's warm-up, which the GAS release uses (main.py:96; torch-ema 0.3): after
-    ``updates`` updates (this one included) the decay is min(decay, (1 + updates) / (10 + updates)),
-    so short CPU budgets still average over their last iterations rather than keep the
-    initialisation."""
-    return min(decay, (1 + updates) / (10 + updates))
-
-
-@contextlib.contextmanager
-def counting_passes(teacher, passes: NetworkPasses):
-    """Count the network passes of ``teacher``'s denoiser calls into ``passes`` meanwhile."""
-    previous, teacher.passes = teacher.passes, passes
-    try:
-        yield passes
-    finally:
-        teacher.passes = previous
-
-
-@dataclass
-class FitResult:
-    """What a fit did; also stored in ``solver.json`` and in the result record (``training``)."""
-
-    iterations: int
-    wall_time_s: float
-    initial_validation_loss: float
-    final_validation_loss: float
-    loss: str
-    train_size: int
-    validation_size: int
-    resumed_at: int = 0  # iterations already done by the checkpoint this fit resumed from
-    budget: Optional[str] = None  # the named budget the options came from (gasbench run --budget)
-    # per-sample student network passes spent (teachers.base.NetworkPasses): in the training
-    # steps (forward, backward, total) and in scoring the validation pairs
-    passes: dict[str, int] = field(default_factory=dict)
-    validation_passes: int = 0
-    # the teacher's reference solutions the fit read (train + validation pairs) and their passes
-    teacher_solves: int = 0
-    teacher_passes: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class LearnedSolver(Solver):
     """A solver whose table comes from trained parameters.
 
@@ -179,8 +113,9 @@ class LearnedSolver(Solver):
         self.summary: dict[str, Any] = {}
         self.trained_for: Optional[tuple[str, int]] = None  # (teacher name, NFE) of self.params
         self._state_identity: dict[str, Any] = {}  # what solver.json records about them
-        self.start_offsets: Optional[torch.Tensor] = None  # relaxed objective: per training pair
+        # the relaxed objective of the last fit: its radius and each training pair's final offset
         self.radius = 0.0
+        self.start_offsets: Optional[torch.Tensor] = None
 
     @classmethod
     def paper_budget(cls, teacher) -> dict[str, Any]:
@@ -250,36 +185,47 @@ class LearnedSolver(Solver):
         return self.loss(params, teacher, nfe, batch, checkpointing)
 
     def training_step(self, params, optimizer: torch.optim.Optimizer, teacher, nfe: int,
-                      batch: dict[str, torch.Tensor], generator: torch.Generator, iteration: int) -> float:
-        """One optimiser update of ``params`` on ``batch`` (loss, NaN/inf stop, backward, gradient
-        clipping, step); returns the loss. What :meth:`fit` runs each iteration and
-        `gasbench bench training` times. In a distributed fit ``batch`` is this process's slice
-        and the gradients are averaged over the whole batch before clipping. With the relaxed
-        objective (:meth:`start_radius` > 0) the student starts from the batch's noise plus each
-        pair's offset, and the offsets take a projected step too; parameters outside
-        :meth:`trainable` keep their values."""
-        cfg = self.config
+                      batch: dict[str, torch.Tensor], generator: torch.Generator, iteration: int,
+                      offsets: Optional[torch.Tensor] = None) -> float:
+        """One optimiser update of ``params`` on ``batch`` (:meth:`gradient_step` on
+        :meth:`training_loss`); returns the loss. What the fit runs each iteration and
+        `gasbench bench training` times. With the relaxed objective, ``offsets`` holds each
+        training pair's start offset: the student starts from the batch's noise plus its pairs'
+        offsets, and those take a projected step too (in place)."""
         shift = None
-        if self.start_offsets is not None and "index" in batch:
-            shift = self.start_offsets[batch["index"]].clone().requires_grad_(True)
+        if offsets is not None and "index" in batch:
+            shift = offsets[batch["index"]].clone().requires_grad_(True)
             batch = {**batch, "noise": batch["noise"].to(shift.dtype) + shift}
-        loss = self.training_loss(params, teacher, nfe, batch, generator, cfg["checkpointing"])
-        value = self.finite_loss(loss, iteration, nfe)
+        loss = self.training_loss(params, teacher, nfe, batch, generator, self.config["checkpointing"])
+        value = self.gradient_step(params, optimizer, [(loss, "")], iteration, nfe, len(batch["noise"]))
+        if shift is not None and shift.grad is not None:
+            moved = self.move_start_offsets(params, teacher, nfe, batch, shift)
+            # each process moved its slice's offsets; every process keeps all of them
+            offsets[distributed.gather(batch["index"])] = distributed.gather(moved)
+        return value
+
+    def gradient_step(self, params, optimizer: torch.optim.Optimizer, losses: Iterable[tuple[torch.Tensor, str]],
+                      iteration: int, nfe: int, batch_size: int) -> float:
+        """Backpropagate each of ``losses`` as it comes ((loss, where) pairs: DLMS yields one per
+        step, Algorithm 1), stopping with one message at a NaN or inf, then one clipped optimiser
+        step; returns the sum of the losses. Parameters outside :meth:`trainable` keep their
+        values. In a distributed fit ``batch_size`` is this process's slice and the gradients are
+        averaged over the whole batch before clipping."""
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        for loss, where in losses:
+            value = self.finite_loss(loss, iteration, nfe, where)
+            loss.backward()
+            total += value
         trainable = self.trainable(iteration)
         if trainable is not None:  # Adam and RMSprop leave parameters without a gradient as they are
             for name, p in params.items():
                 if name not in trainable:
                     p.grad = None
-        distributed.average_gradients(params.values(), len(batch["noise"]))
-        torch.nn.utils.clip_grad_norm_([p for p in params.values() if p.grad is not None], cfg["grad_clip"])
+        distributed.average_gradients(params.values(), batch_size)
+        torch.nn.utils.clip_grad_norm_([p for p in params.values() if p.grad is not None], self.config["grad_clip"])
         optimizer.step()
-        if shift is not None and shift.grad is not None:
-            moved = self.move_start_offsets(params, teacher, nfe, batch, shift)
-            # each process moved its slice's offsets; every process keeps all of them
-            self.start_offsets[distributed.gather(batch["index"])] = distributed.gather(moved)
-        return value
+        return total
 
     def move_start_offsets(self, params, teacher, nfe: int, batch: dict[str, torch.Tensor],
                            shift: torch.Tensor) -> torch.Tensor:
@@ -287,8 +233,9 @@ class LearnedSolver(Solver):
         them and, in ``.grad``, the loss gradient; ``batch`` is the shifted batch and ``params``
         are already updated. S4S Alg. 1, lines 5-6: a projected gradient step, normalised to
         ``RELAXED_STEP`` x the radius (LD3 overrides it with its official rule)."""
+        radius = float(self.start_radius(teacher, nfe))
         direction = shift.grad / per_sample(_norms(shift.grad), shift.grad)
-        return project_to_ball(shift.detach() - RELAXED_STEP * self.radius * direction, self.radius)
+        return project_to_ball(shift.detach() - RELAXED_STEP * radius * direction, radius)
 
     def finite_loss(self, loss: torch.Tensor, iteration: int, nfe: int, where: str = "") -> float:
         """The loss as a float; one clear message (and a stop) if it became NaN or inf."""
@@ -339,7 +286,8 @@ class LearnedSolver(Solver):
     def fit(self, teacher, nfe: int, train: dict[str, torch.Tensor], validation: dict[str, torch.Tensor],
             progress: Union[bool, Progress] = True, checkpoint_path: Optional[Path] = None,
             checkpoint_every: int = 100) -> FitResult:
-        """Train the parameters for ``nfe`` on ``train`` and keep their EMA as the solver's state.
+        """Train the parameters for ``nfe`` on ``train`` and keep their EMA as the solver's state
+        (the loop: :func:`gasbench.solvers.fit.fit`).
 
         ``train`` / ``validation``: dicts of ``noise`` (unit noise), ``x0`` (the teacher's solution)
         and, for conditional teachers, ``cond``, as :meth:`TrajectoryCache.load` returns them.
@@ -354,111 +302,16 @@ class LearnedSolver(Solver):
         floating-point summation order; only rank 0 writes checkpoints. The validation losses are
         computed by each process on all validation pairs.
         """
-        cfg = self.config
-        for name, data in (("train", train), ("validation", validation)):
-            missing = {"noise", "x0"} - set(data)
-            if missing or len(data["x0"]) == 0:
-                raise GasbenchError(f"{self.name} fit needs non-empty {name} data with noise and x0 (missing: {sorted(missing)}).")
-        batch_size = min(cfg["batch_size"], len(train["x0"]))
-        if batch_size < distributed.world_size():
-            raise GasbenchError(
-                f"{self.name} fit: a batch of {batch_size} pairs cannot be split over {distributed.world_size()} processes; "
-                f"raise batch_size (--solver-arg batch_size=...) or start fewer processes."
-            )
-        start_time = time.perf_counter()
-        params = {k: v.detach().clone().requires_grad_(True) for k, v in self.parameters_for(teacher, nfe).items()}
-        ema = {k: v.detach().clone() for k, v in params.items()}
-        optimizer = self.make_optimizer(params)
-        generator = torch.Generator().manual_seed(cfg["seed"])
-        self.start_training(teacher, nfe)
-        self.radius = float(self.start_radius(teacher, nfe))
-        self.start_offsets = torch.zeros(train["noise"].shape, dtype=torch.float64) if self.radius > 0 else None
-        start, recent, initial_loss, elapsed = 0, [], None, 0.0
-        passes, validation_passes = NetworkPasses(), NetworkPasses()
-        identity = json.dumps(self._identity(teacher, nfe, budget=False), sort_keys=True)
-        if checkpoint_path is not None and Path(checkpoint_path).is_file():
-            try:
-                state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # written whole: damaged since
-                raise GasbenchError(f"checkpoint {checkpoint_path} cannot be read ({exc}); delete it to start the fit over.") from None
-            if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
-                raise GasbenchError(
-                    f"checkpoint {checkpoint_path} was written for another solver configuration; delete it to start over."
-                )
-            with torch.no_grad():
-                for k in params:
-                    params[k].copy_(state["params"][k])
-                    ema[k].copy_(state["ema"][k])
-            optimizer.load_state_dict(state["optimizer"])
-            self.load_training_state(state.get("auxiliary", {}))
-            if self.start_offsets is not None:
-                self.start_offsets.copy_(state["start_offsets"])
-            generator.set_state(state["generator"])
-            start, recent = state["iteration"], list(state["recent"])
-            passes, validation_passes = NetworkPasses(**state["passes"]), NetworkPasses(**state["validation_passes"])
-            initial_loss, elapsed = state["initial_validation_loss"], state["elapsed_s"]
-        resumed_at = start
-        if initial_loss is None:
-            with counting_passes(teacher, validation_passes):
-                initial_loss = self.evaluate(params, teacher, nfe, validation)
+        return fit(self, teacher, nfe, train, validation, progress, checkpoint_path, checkpoint_every)
 
-        def save_checkpoint(iteration: int) -> None:
-            if checkpoint_path is None or not distributed.is_main():
-                return
-            buffer = io.BytesIO()
-            torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "iteration": iteration,
-                        "params": {k: v.detach() for k, v in params.items()}, "ema": ema,
-                        "optimizer": optimizer.state_dict(), "auxiliary": self.training_state(),
-                        "start_offsets": self.start_offsets, "passes": asdict(passes),
-                        "validation_passes": asdict(validation_passes),
-                        "generator": generator.get_state(), "recent": recent,
-                        "initial_validation_loss": initial_loss,
-                        "elapsed_s": elapsed + time.perf_counter() - start_time}, buffer)
-            write_atomic(Path(checkpoint_path), buffer.getvalue())
-
-        size = len(train["x0"])
-        if isinstance(progress, Progress):  # a caller's live display (gasbench run)
-            bar, display = progress, contextlib.nullcontext()
-        else:
-            bar = display = Bars(TextColumn("loss {task.fields[loss]:.4f}"),
-                                 enabled=bool(progress) and distributed.is_main())
-        with display:
-            task = bar.add_task(f"[bold]fit {self.name} NFE {nfe}", total=cfg["iterations"], completed=start, loss=math.nan)
-            for iteration in range(start, cfg["iterations"]):
-                index = distributed.shard(epoch_batch(size, batch_size, iteration, cfg["seed"]))
-                batch = {**{k: v[index] for k, v in train.items()}, "index": index}
-                with counting_passes(teacher, passes):
-                    value = self.training_step(params, optimizer, teacher, nfe, batch, generator, iteration)
-                decay = ema_decay(cfg["ema"], iteration + 1)
-                with torch.no_grad():
-                    for k in params:
-                        ema[k].lerp_(params[k], 1 - decay)
-                recent = (recent + [value])[-50:]
-                bar.update(task, advance=1, loss=sum(recent) / len(recent))
-                if (iteration + 1) % checkpoint_every == 0 and iteration + 1 < cfg["iterations"]:
-                    save_checkpoint(iteration + 1)
-                fault_point("fit-iteration")
-        save_checkpoint(max(start, cfg["iterations"]))
-        self.params, self.trained_for = ema, (teacher.name, nfe)
+    def adopt(self, params: dict[str, torch.Tensor], teacher, nfe: int, result: FitResult, radius: float = 0.0,
+              offsets: Optional[torch.Tensor] = None) -> None:
+        """Keep what a fit of ``nfe`` on ``teacher`` ended with: the (EMA) parameters the solver
+        samples with, its summary, and the relaxed objective's radius and final start offsets."""
+        self.params, self.trained_for = params, (teacher.name, nfe)
         self._state_identity = self._identity(teacher, nfe)
-        with counting_passes(teacher, validation_passes):
-            final_loss = self.evaluate(ema, teacher, nfe, validation)
-        forward, backward = distributed.sum_over_ranks([passes.forward, passes.backward])  # each rank its slice
-        solves = size + len(validation["x0"])
-        reference = getattr(teacher, "reference", None)
-        result = FitResult(
-            iterations=max(start, cfg["iterations"]),
-            wall_time_s=round(elapsed + time.perf_counter() - start_time, 2),
-            initial_validation_loss=initial_loss,
-            final_validation_loss=final_loss,
-            loss=cfg["loss"], train_size=size, validation_size=len(validation["x0"]), resumed_at=resumed_at,
-            budget=self.budget,
-            passes={"forward": int(forward), "backward": int(backward), "total": int(forward + backward)},
-            validation_passes=validation_passes.forward, teacher_solves=solves,
-            teacher_passes=solves * reference.nfe if reference is not None else 0,
-        )
         self.summary = result.as_dict()
-        return result
+        self.radius, self.start_offsets = radius, offsets
 
     def _identity(self, teacher, nfe: int, budget: bool = True) -> dict[str, Any]:
         """What a saved state (``budget``) or a resumable checkpoint (not: the budget may grow) must
@@ -518,31 +371,3 @@ class LearnedSolver(Solver):
         self._state_identity = blob
         return True
 
-
-def load_saved_solver(directory: Path) -> tuple[LearnedSolver, Any, int]:
-    """The learned solver saved in a result cell, with its teacher and NFE (for `gasbench show`)."""
-    from gasbench.registry import SOLVERS
-    from gasbench.teachers.load import load_teacher
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise GasbenchError(f"{directory} does not exist; pass a result cell directory such as results/digits/gs/nfe4.")
-    try:
-        blob = json.loads((directory / CONFIG_FILE).read_text())
-        name, teacher_name, nfe = blob["solver"], blob["teacher"], int(blob["nfe"])
-    except OSError:
-        raise GasbenchError(
-            f"{directory} holds no saved learned solver ({CONFIG_FILE}); pass the cell directory of a learned "
-            f"method, e.g. results/digits/gs/nfe4."
-        ) from None
-    except (ValueError, KeyError, TypeError):
-        raise GasbenchError(f"{directory / CONFIG_FILE} is not a solver state written by gasbench; rerun the cell.") from None
-    cls = SOLVERS.get(name)
-    solver = cls(**{k: blob[k] for k in cls.options if k in blob})
-    teacher = load_teacher(teacher_name)
-    if not solver.load_state(directory, teacher, nfe):
-        raise GasbenchError(
-            f"the state in {directory} does not match {name} for teacher '{teacher_name}' at NFE {nfe} (other "
-            f"teacher weights, solver code changed since, or a damaged {STATE_FILE}); rerun the cell with --overwrite."
-        )
-    return solver, teacher, nfe

@@ -1,7 +1,21 @@
+import copy
+import sys
+
 import pytest
 import torch
 
 from gasbench.teachers.gmm import GaussianMixtureTeacher
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``crash`` (the SIGKILL sweep over every fault point) run only when selected
+    with ``-m crash``; the default run skips them and says how to run them."""
+    if "crash" in config.getoption("markexpr"):
+        return
+    skip = pytest.mark.skip(reason="the SIGKILL sweep over every fault point (about ten minutes): `pytest -m crash`")
+    for item in items:
+        if item.get_closest_marker("crash"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -75,3 +89,32 @@ def resumed_fit(gmm, gmm_pairs, tmp_path):
         return whole, resumed, checkpoint
 
     return check
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """Results of one small `gasbench run` (gmm; euler, dpmpp3m, heun; NFE 4 and 6), once per module."""
+    from gasbench.cli import main
+
+    results = tmp_path_factory.mktemp("cli") / "results"
+    argv = sys.argv
+    sys.argv = ["gasbench", "run", "--dataset", "gmm", "--methods", "euler,dpmpp3m,heun",
+                "--nfe", "4,6", "-n", "32", "--results-dir", str(results)]
+    try:
+        main()
+    finally:
+        sys.argv = argv
+    return results
+
+
+@pytest.fixture
+def recording(monkeypatch):
+    """gasbench's EDM classes record their constructor arguments, as EDM's persistent classes do."""
+    from gasbench.teachers import edm
+
+    for cls in edm.NETWORK_CLASSES.values():
+        def init(self, *args, _init=cls.__init__, **kwargs):
+            _init(self, *args, **kwargs)
+            self._init_args, self._init_kwargs = args, copy.deepcopy(kwargs)
+
+        monkeypatch.setattr(cls, "__init__", init)

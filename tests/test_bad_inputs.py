@@ -18,10 +18,7 @@ from typing import Callable
 
 import pytest
 import torch
-from test_cli import gasbench, recorded  # noqa: F401  (the module-scoped recorded results)
-from test_edm import _Exec, build, recording, write_release  # noqa: F401  (recording: a fixture)
-from test_ldm import _System, write_lightning_checkpoint
-from test_release import _Evil
+from helpers import Payload, gasbench, short_fit, tiny_edm, write_lightning_checkpoint, write_release
 
 from gasbench.teachers.builtin import DigitsTeacher, FashionTeacher
 
@@ -232,13 +229,15 @@ def cached_weights_with_the_wrong_sha256(setup):
 @case("asks to load 'builtins.exec'")
 def edm_pickle_with_a_code_payload(setup):
     setup.request.getfixturevalue("recording")
-    path = write_release(build("EDMPrecond-ddpmpp"), setup.tmp / "edm.pkl", extra={"payload": _Exec(setup.marker())})
+    payload = Payload("builtins.exec", setup.marker())
+    path = write_release(tiny_edm("EDMPrecond-ddpmpp"), setup.tmp / "edm.pkl", extra={"payload": payload})
     return run(setup, "-d", "cifar10", "--weights", path)
 
 
 @case("which a checkpoint has no reason to run; refusing it")
 def ldm_checkpoint_with_a_code_payload(setup):
-    write_lightning_checkpoint(setup.tmp / "model.ckpt", {"betas": torch.ones(3)}, payload=_System(setup.marker()))
+    payload = Payload("posix.system", setup.marker())
+    write_lightning_checkpoint(setup.tmp / "model.ckpt", {"betas": torch.ones(3)}, payload=payload)
     return run(setup, "-d", "lsun-bedroom", "--weights", setup.tmp / "model.ckpt")
 
 
@@ -321,10 +320,8 @@ def show_a_directory_that_is_no_cell(setup):
 
 @case("dlms chooses its steps and coefficients per sample")
 def export_a_dlms_cell(setup):
-    from test_export import fit
-
     gmm = setup.request.getfixturevalue("gmm")
-    fit("dlms", gmm, iterations=0).save_state(setup.tmp / "dlms", gmm, 4)
+    short_fit("dlms", gmm, 4, iterations=0).save_state(setup.tmp / "dlms", gmm, 4)
     return ["export", setup.tmp / "dlms", setup.tmp / "out"]
 
 
@@ -340,7 +337,7 @@ def export_to_an_unknown_format(setup):
 
 @case("refused before anything in it ran")
 def import_release_of_a_malicious_pickle(setup):
-    path = setup.file("student.pt", pickle.dumps({"ema": {"shadow_params": [_Evil(setup.marker())]}}))
+    path = setup.file("student.pt", pickle.dumps({"ema": {"shadow_params": [Payload("posix.system", setup.marker())]}}))
     return ["import-release", path, "-d", "gmm", "--t-eps", "1e-3", "--results-dir", setup.recorded]
 
 
@@ -354,7 +351,7 @@ def recorded_files(results: Path) -> dict[Path, bytes]:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_one_clear_message(name, recorded, tmp_path, monkeypatch, capsys,  # noqa: F811
+def test_bad_input_is_one_clear_message(name, recorded, tmp_path, monkeypatch, capsys,
                                         request):
     message, command = CASES[name]
     setup = Setup(recorded, tmp_path, monkeypatch, request)
@@ -371,7 +368,7 @@ def test_bad_input_is_one_clear_message(name, recorded, tmp_path, monkeypatch, c
     assert not [marker for marker in setup.markers if marker.exists()]  # no payload ran
 
 
-def test_a_second_run_waits_for_the_cell_another_is_computing(recorded, monkeypatch, capsys):  # noqa: F811
+def test_a_second_run_waits_for_the_cell_another_is_computing(recorded, monkeypatch, capsys):
     """Two runs writing the same cell at once: the second waits with one message, then reuses the
     first one's record (here the first is this thread holding the cell's lock)."""
     from gasbench import locks
@@ -400,7 +397,7 @@ def test_a_second_run_waits_for_the_cell_another_is_computing(recorded, monkeypa
     assert recorded_files(recorded) == before
 
 
-def test_debug_shows_the_traceback(recorded, monkeypatch, capsys):  # noqa: F811
+def test_debug_shows_the_traceback(recorded, monkeypatch, capsys):
     before = recorded_files(recorded)
     code, _, err = gasbench(monkeypatch, capsys, "--debug", *RUN, "-m", "dpmpp3n", "--results-dir", recorded)
     assert code == 2 and "Traceback" in err and "Unknown solver 'dpmpp3n'" in err

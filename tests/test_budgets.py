@@ -9,10 +9,10 @@ import yaml
 
 from gasbench.budgets import budget_options, budget_rows
 from gasbench.registry import SOLVERS
-from gasbench.solvers.learned import counting_passes
+from gasbench.solvers.fit import counting_passes
 from gasbench.teachers.base import NetworkPasses
 
-from test_cli import gasbench
+from helpers import gasbench
 
 LEARNED = [e.name for e in SOLVERS if getattr(e.obj, "learned", False) and getattr(e.obj, "in_default_run", True)]
 
@@ -65,6 +65,7 @@ def test_paper_budget_is_the_methods_own(gmm, monkeypatch):
     assert rows[("ld3", "paper")]["iterations"] == 7 and rows[("ld3", "cpu (default)")]["iterations"] != 7
 
 
+@pytest.mark.slow
 def test_matched_run_records_equal_passes(tmp_path, monkeypatch, capsys):
     """Through the CLI: gs trained as the run configures it (10 iterations), ld3 and s4s matched to it."""
     config = tmp_path / "matched.yaml"

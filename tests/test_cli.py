@@ -1,35 +1,9 @@
 """The command line: run/table on the analytic teacher, and one clear message for bad input."""
 
 import json
-import sys
 
 import pytest
-
-from gasbench.cli import main
-
-
-def gasbench(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["gasbench", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    results = tmp_path_factory.mktemp("cli") / "results"
-    argv = sys.argv
-    sys.argv = ["gasbench", "run", "--dataset", "gmm", "--methods", "euler,dpmpp3m,heun",
-                "--nfe", "4,6", "-n", "32", "--results-dir", str(results)]
-    try:
-        main()
-    finally:
-        sys.argv = argv
-    return results
+from helpers import gasbench
 
 
 def test_run_writes_one_record_per_cell(recorded):

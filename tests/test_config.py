@@ -8,7 +8,7 @@ import pytest
 from gasbench.budgets import budget_options
 from gasbench.config import PACKAGED, read_config
 
-from test_cli import gasbench
+from helpers import gasbench
 
 
 def write(path, text):

@@ -7,7 +7,8 @@ and after a rerun without the fault every file must equal an uninterrupted run's
 fields that measure wall-clock time or the interruption itself (:func:`_stable`).
 
 By default one results directory is killed in every phase in turn (about a minute on one core);
-GASBENCH_CRASH_TESTS=all also kills a fresh run at each of 42 fault points (about ten minutes).
+`pytest -m crash` kills a fresh run at each of 42 fault points instead (about ten minutes; marked
+``crash``, skipped by default: tests/conftest.py).
 """
 
 import hashlib
@@ -37,11 +38,10 @@ from gasbench.tables import render
 RUN = ["run", "-d", "gmm", "-m", "euler,gs", "--nfe", "3", "-n", "64", "--metrics", "rmse,fd",
        "--solver-arg", "iterations=120", "--solver-arg", "train_size=48", "--results-dir", "results"]
 GS_CELL = Path("results/gmm/gs+iterations=120+train_size=48/nfe3")
-FULL = os.environ.get("GASBENCH_CRASH_TESTS") == "all"
 
 
 def _point(spec: str):
-    return pytest.param(spec, marks=() if FULL else pytest.mark.skip(reason="GASBENCH_CRASH_TESTS=all runs every fault point"))
+    return pytest.param(spec, marks=pytest.mark.crash)
 
 
 def _writes(name: str, *counts: int) -> list:
@@ -166,6 +166,7 @@ def test_killed_run_resumes_to_the_same_records(fault, uninterrupted, tmp_path):
         assert json.loads((tmp_path / GS_CELL / "metrics.json").read_text())["training"]["resumed_at"] == resumed[fault]
 
 
+@pytest.mark.slow
 def test_run_survives_a_kill_in_every_phase_in_turn(uninterrupted, tmp_path):
     """One results directory killed six times, each rerun getting further: inside the write of the
     metrics' cached reference features, trajectories, training (then resumed from its checkpoint),

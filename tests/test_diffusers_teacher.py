@@ -10,7 +10,6 @@ import torch
 from diffusers import (
     AutoencoderKL, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, DiTTransformer2DModel,
     DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler, EDMEulerScheduler, FlowMatchEulerDiscreteScheduler,
-    UNet2DModel,
 )
 
 from gasbench.errors import GasbenchError
@@ -19,14 +18,8 @@ from gasbench.solvers.executor import execute, trace
 from gasbench.solvers.handcrafted import euler
 from gasbench.solvers.schedules import make_sigmas
 from gasbench.teachers.diffusers_teacher import DiffusersTeacher, teacher_name
+from helpers import SCHEDULERS, tiny_unet
 
-SCHEDULERS = {
-    "vp-epsilon": lambda: DDPMScheduler(beta_schedule="linear", prediction_type="epsilon"),
-    "vp-v": lambda: DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                  prediction_type="v_prediction"),
-    "edm": lambda: EDMEulerScheduler(prediction_type="epsilon"),
-    "flow": lambda: FlowMatchEulerDiscreteScheduler(shift=3.0),
-}
 # the same network read with a wrong conversion: what a parity test must be able to see
 WRONG = {"vp-epsilon": {"prediction_type": "v_prediction"}, "vp-v": {"prediction_type": "epsilon"},
          "edm": {"prediction_type": "v_prediction"}, "flow": {"num_train_timesteps": 500}}
@@ -37,13 +30,6 @@ def _one_thread():
     """The networks here are tiny: a second thread only adds synchronisation (several times slower
     on a busy two-core machine)."""
     torch.set_num_threads(1)
-
-
-def tiny_unet(**extra) -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, **extra)
 
 
 def tiny_vae() -> AutoencoderKL:
@@ -494,7 +480,7 @@ def test_gasbench_run_on_a_diffusers_folder_with_clip_score(sd_folder, clip_fold
     prompt; a class-conditional teacher refuses clip-score with one message."""
     import json
 
-    from test_cli import gasbench
+    from helpers import gasbench
 
     monkeypatch.setenv("GASBENCH_CLIP_MODEL", str(clip_folder))
     results = tmp_path / "results"

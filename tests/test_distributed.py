@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from helpers import distributed_work
+from safetensors.torch import load_file
 
 # what a record may differ in between two runs of the same cell: clocks, dates, memory
 VOLATILE = ("wall_time_s", "denoiser_time_s", "peak_memory_mb", "created")
@@ -55,6 +56,7 @@ def _record(data: bytes) -> str:
     return json.dumps(record, indent=2, sort_keys=True)
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_records_and_caches_of_one(one_process, tmp_path, monkeypatch):
     from gasbench.cli import main
 
@@ -92,66 +94,20 @@ def test_one_process_is_left_alone(monkeypatch):
     assert torch.equal(parameter.grad, torch.ones(2))
 
 
-def _work(out: Path) -> None:
-    """What each process of the second test does (and one process, for comparison): the
-    distributed primitives, sampling, features and short fits of every kind of learned solver,
-    saved as ``rank<r>.safetensors`` under ``out``."""
-    from gasbench import distributed
-    from gasbench.errors import GasbenchError
-    from gasbench.features import feature_space
-    from gasbench.registry import SOLVERS, TEACHERS
-    from gasbench.sampling import sample_seeds
-    from gasbench.trajectories import TrajectoryCache
-
-    distributed.init_from_env()
-    rank, gmm = distributed.rank(), TEACHERS.get("gmm")()
-    parameter = torch.zeros(3, dtype=torch.float32, requires_grad=True)
-    parameter.grad = torch.full((3,), float(rank + 1))
-    distributed.average_gradients([parameter], count=3 + rank)  # counts 3 and 4: (3*1 + 4*2) / 7
-    batches = []
-    samples = sample_seeds(gmm, SOLVERS.get("dpmpp2m")().table(gmm, 5), list(range(50_000, 50_037)), 8,
-                           on_batch=batches.append)
-    tensors = {
-        "gathered": distributed.gather(distributed.shard(torch.arange(7.0).reshape(7, 1))),
-        "empty_block": distributed.gather(torch.zeros((rank, 2))),  # rank 0 holds nothing
-        "average": parameter.grad,
-        "batches": torch.tensor(batches),
-        "samples": samples,
-        "features": torch.from_numpy(feature_space("pixels").extract_all(gmm.decode(samples), gmm)),
-    }
-    data = []
-    for split, size in (("train", 64), ("validation", 16)):
-        cache = TrajectoryCache.for_split(gmm, split, size, root=out / "cache")
-        cache.generate()
-        data.append({k: v for k, v in cache.load().items() if k in ("noise", "x0")})
-    for method in FITS:
-        solver = SOLVERS.get(method)(**FIT_OPTIONS)
-        tensors[f"{method}.initial"] = torch.cat([v.flatten() for v in solver.parameters_for(gmm, 3).values()])
-        solver.fit(gmm, 3, *data, progress=False)
-        tensors[f"{method}.trained"] = torch.cat([v.flatten() for v in solver.params.values()])
-        if solver.start_offsets is not None:
-            tensors[f"{method}.offsets"] = solver.start_offsets
-    try:  # a batch of one pair has no slice for a second process
-        SOLVERS.get("gs")(iterations=1, batch_size=1).fit(gmm, 3, *data, progress=False)
-        tensors["refused"] = torch.tensor(False)
-    except GasbenchError as exc:
-        tensors["refused"] = torch.tensor("cannot be split over 2 processes" in str(exc))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"rank{rank}.safetensors"))
-
-
 WORKER = """import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from test_distributed import _work
-_work(Path({out!r}))
+from helpers import distributed_work
+distributed_work(Path({out!r}), {fits!r}, {options!r})
 """
 
 
 def test_primitives_sampling_features_and_data_parallel_fits(one_process, tmp_path):
-    _work(one_process)
+    distributed_work(one_process, FITS, FIT_OPTIONS)
     two = tmp_path / "two"
     two.mkdir()
-    (two / "worker.py").write_text(WORKER.format(tests=str(Path(__file__).parent), out=str(two)))
+    worker = WORKER.format(tests=str(Path(__file__).parent), out=str(two), fits=FITS, options=FIT_OPTIONS)
+    (two / "worker.py").write_text(worker)
     _torchrun(["worker.py"], two)
     single = load_file(str(one_process / "rank0.safetensors"))
     rank0, rank1 = (load_file(str(two / f"rank{r}.safetensors")) for r in range(2))

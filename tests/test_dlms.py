@@ -174,7 +174,7 @@ def test_bad_options_and_an_untrainable_nfe_are_refused(gmm, gmm_pairs):
 
 
 def test_gasbench_run_show_and_overhead_accept_an_adaptive_table(tmp_path, gmm, monkeypatch, capsys):
-    from test_cli import gasbench
+    from helpers import gasbench
 
     from gasbench.overhead import measure_overhead
     from gasbench.runner import RunConfig, run

@@ -5,15 +5,10 @@ refused or read inertly, and their payload never runs."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import io
-import os
 import pickle
 import sys
-import types
 import zipfile
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -23,38 +18,7 @@ from gasbench import safe_pickle
 from gasbench.errors import GasbenchError
 from gasbench.registry import TEACHERS
 from gasbench.teachers import edm
-
-TINY = dict(model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[16], dropout=0.13)
-DDPMPP = dict(embedding_type="positional", encoder_type="standard", decoder_type="standard", channel_mult_noise=1,
-              resample_filter=[1, 1], augment_dim=9)
-NCSNPP = dict(embedding_type="fourier", encoder_type="residual", decoder_type="skip", channel_mult_noise=2,
-              resample_filter=[1, 3, 3, 1])
-NETWORKS = {
-    "EDMPrecond-ddpmpp": ("EDMPrecond", dict(sigma_data=0.5, **DDPMPP)),
-    "VPPrecond-ddpmpp": ("VPPrecond", dict(beta_d=19.9, beta_min=0.1, M=1000, **DDPMPP)),
-    "VEPrecond-ncsnpp": ("VEPrecond", NCSNPP),
-}
-
-
-@pytest.fixture
-def recording(monkeypatch):
-    """gasbench's EDM classes record their constructor arguments, as EDM's persistent classes do."""
-    for cls in edm.NETWORK_CLASSES.values():
-        def init(self, *args, _init=cls.__init__, **kwargs):
-            _init(self, *args, **kwargs)
-            self._init_args, self._init_kwargs = args, copy.deepcopy(kwargs)
-
-        monkeypatch.setattr(cls, "__init__", init)
-
-
-def build(kind: str, resolution: int = 32) -> torch.nn.Module:
-    class_name, options = NETWORKS[kind]
-    net = edm.PRECONDS[class_name](img_resolution=resolution, img_channels=3, model_type="SongUNet", **TINY, **options)
-    with torch.no_grad():  # the near-zero output layers of a fresh net would hide wrong wiring
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return net.eval()
-
+from helpers import EDM_NETWORKS, Payload, Persistent, release_modules, tiny_edm, write_release
 
 # D(x, sigma) of tiny networks built by NVlabs/edm's own training/networks.py (commit 008a4e5), with
 # every tensor but the resample filters, then the input, drawn as in the test below (computed once
@@ -86,95 +50,19 @@ def test_outputs_match_values_pinned_from_edms_own_networks(class_name):
     assert out.abs().mean().item() == pytest.approx(mean_abs, rel=1e-4)
 
 
-@dataclass
-class Persistent:
-    """A persistent object other than the network (augment pipe, loss) as a release records it."""
-
-    class_name: str
-    state: dict
-    module_src: str = ""
-
-
-def _reconstruct_persistent_obj(meta):
-    """The stand-in for EDM's loader, which runs the embedded source to rebuild the class."""
-    exec(meta["module_src"], {})
-    return types.SimpleNamespace(**meta)
-
-
-_reconstruct_persistent_obj.__module__ = "torch_utils.persistence"  # where pickle looks it up
-
-
-@contextlib.contextmanager
-def release_modules():
-    """``torch_utils.persistence`` and ``dnnlib.util`` as they exist on the machine that wrote a
-    release; outside this context they are absent, as on a user's machine."""
-    modules = {name: types.ModuleType(name) for name in ("torch_utils", "torch_utils.persistence", "dnnlib",
-                                                          "dnnlib.util")}
-    modules["torch_utils.persistence"]._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    modules["dnnlib.util"].EasyDict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
-    with pytest.MonkeyPatch.context() as patch:
-        for name, module in modules.items():
-            patch.setitem(sys.modules, name, module)
-        yield modules
-
-
-class ReleasePickler(pickle.Pickler):
-    """Pickles gasbench's EDM modules as EDM's persistence decorator pickles its classes:
-    ``_reconstruct_persistent_obj(meta)`` with the module source and the instance's state."""
-
-    def __init__(self, file, module_src: str, rename: dict[str, str], overrides: dict[str, dict]):
-        super().__init__(file, protocol=4)
-        self.module_src, self.rename, self.overrides = module_src, rename, overrides
-
-    def reducer_override(self, obj):
-        if isinstance(obj, Persistent):
-            return _reconstruct_persistent_obj, (self.meta(obj.class_name, obj.state, obj.module_src),)
-        if type(obj) not in edm.NETWORK_CLASSES.values():
-            return NotImplemented
-        state = dict(vars(obj))
-        if "skip_scale" in state:  # EDM keeps np.sqrt(0.5) here
-            state["skip_scale"] = np.float64(state["skip_scale"])
-        if type(obj) in edm.PRECONDS.values():  # an argument only EDM's fp16 switch reads
-            state["use_fp16"], state["_init_kwargs"] = False, {**state["_init_kwargs"], "use_fp16": False}
-        name = type(obj).__name__
-        state.update(self.overrides.get(name, {}))
-        return _reconstruct_persistent_obj, (self.meta(self.rename.get(name, name), state, self.module_src),)
-
-    @staticmethod
-    def meta(class_name: str, state: dict, module_src: str) -> dict:
-        return dict(type="class", version=6, module_src=module_src, class_name=class_name, state=state)
-
-
-def write_release(network, path, extra=None, module_src="import torch  # training/networks.py", rename=None,
-                  overrides=None):
-    """Write ``network`` as an EDM training snapshot / release pickle: {'ema', 'loss_fn', 'augment_pipe',
-    'dataset_kwargs'}, network modules as persistence records with their source, tensors pickled normally;
-    ``rename`` and ``overrides`` (class name -> attributes) alter what the records say."""
-    with release_modules() as modules:
-        data = {"ema": network, "loss_fn": Persistent("EDMLoss", {"P_mean": -1.2, "P_std": 1.2, "sigma_data": 0.5}),
-                "augment_pipe": Persistent("AugmentPipe", {"p": 0.12, "xflip": 1e8, "_init_args": (),
-                                                           "_init_kwargs": {"p": 0.12}}),
-                "dataset_kwargs": modules["dnnlib.util"].EasyDict(path="datasets/cifar10-32x32.zip", resolution=32),
-                **(extra or {})}
-        buffer = io.BytesIO()
-        ReleasePickler(buffer, module_src, rename or {}, overrides or {}).dump(data)
-    path.write_bytes(buffer.getvalue())
-    return path
-
-
 def as_teacher(name: str, path):
     with pytest.warns(UserWarning, match="not the pinned"):
         return TEACHERS.get(name)(weights=path)
 
 
-@pytest.mark.parametrize("kind", list(NETWORKS))
+@pytest.mark.parametrize("kind", list(EDM_NETWORKS))
 def test_release_pickle_gives_the_original_network_and_is_converted_once(kind, recording, tmp_path,
                                                                          monkeypatch):
-    original = build(kind)
+    original = tiny_edm(kind)
     path = write_release(original, tmp_path / "edm-cifar10-32x32-uncond-vp.pkl")
     assert "torch_utils" not in sys.modules and "dnnlib" not in sys.modules
     teacher = as_teacher("cifar10", path)
-    assert type(teacher.net).__name__ == NETWORKS[kind][0] and teacher.weights_sha256 is not None
+    assert type(teacher.net).__name__ == EDM_NETWORKS[kind][0] and teacher.weights_sha256 is not None
 
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64) * 2
     sigma = torch.tensor([0.002, 1.0, 80.0])
@@ -195,7 +83,7 @@ def test_release_pickle_gives_the_original_network_and_is_converted_once(kind, r
     sha256 = teacher.weights_sha256
     path.unlink()
     net, info = edm.load_edm_pickle(path, sha256)
-    assert info["class_name"] == NETWORKS[kind][0] and info["ignored_kwargs"] == {"use_fp16": False}
+    assert info["class_name"] == EDM_NETWORKS[kind][0] and info["ignored_kwargs"] == {"use_fp16": False}
     with torch.no_grad():
         torch.testing.assert_close(net(x, sigma), expected, rtol=0, atol=1e-6)
 
@@ -203,7 +91,7 @@ def test_release_pickle_gives_the_original_network_and_is_converted_once(kind, r
 def test_embedded_source_never_runs_and_unknown_classes_are_refused(recording, tmp_path):
     marker = tmp_path / "source-ran"
     evil_source = f"open({str(marker)!r}, 'w').write('ran')"
-    path = write_release(build("EDMPrecond-ddpmpp"), tmp_path / "armed.pkl", module_src=evil_source)
+    path = write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "armed.pkl", module_src=evil_source)
     with release_modules():  # the file is armed: loading it as EDM does runs the source
         pickle.loads(path.read_bytes())
     assert marker.exists()
@@ -212,54 +100,39 @@ def test_embedded_source_never_runs_and_unknown_classes_are_refused(recording, t
     net, _ = edm.load_edm_pickle(path)  # read inertly: the source is never looked at
     assert isinstance(net, edm.EDMPrecond) and not marker.exists()
 
-    stranger = write_release(build("EDMPrecond-ddpmpp"), tmp_path / "stranger.pkl", module_src=evil_source,
+    stranger = write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "stranger.pkl", module_src=evil_source,
                              extra={"extra": Persistent("Backdoor", {}, evil_source)})
     with pytest.raises(GasbenchError, match="class 'Backdoor'.*refusing"):
         edm.load_edm_pickle(stranger)
-    renamed = write_release(build("EDMPrecond-ddpmpp"), tmp_path / "renamed.pkl", rename={"UNetBlock": "DhariwalUNet"})
+    renamed = write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "renamed.pkl", rename={"UNetBlock": "DhariwalUNet"})
     with pytest.raises(GasbenchError, match="class 'DhariwalUNet'"):
         edm.load_edm_pickle(renamed)
     assert not marker.exists()
 
 
-class _System:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-class _Exec:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
-
-
-@pytest.mark.parametrize("payload, refused", [(_System, "system'.*refusing"), (_Exec, "builtins.exec'.*refusing")])
-def test_code_payloads_are_refused_and_never_run(payload, refused, recording, tmp_path):
+@pytest.mark.parametrize("call, refused", [("posix.system", "system'.*refusing"),
+                                           ("builtins.exec", "builtins.exec'.*refusing")])
+def test_code_payloads_are_refused_and_never_run(call, refused, recording, tmp_path):
     marker = tmp_path / "payload-ran"
-    path = write_release(build("EDMPrecond-ddpmpp"), tmp_path / "evil.pkl", extra={"payload": payload(marker)})
+    path = write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "evil.pkl", extra={"payload": Payload(call, marker)})
     with pytest.raises(GasbenchError, match=refused):
         as_teacher("cifar10", path)
     assert not marker.exists()
 
 
 def test_truncated_and_foreign_files_give_one_message(recording, tmp_path):
-    path = write_release(build("EDMPrecond-ddpmpp"), tmp_path / "whole.pkl")
+    path = write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "whole.pkl")
     (tmp_path / "cut.pkl").write_bytes(path.read_bytes()[:3000])
     with pytest.raises(GasbenchError, match="not a readable network pickle"):
         edm.load_edm_pickle(tmp_path / "cut.pkl")
     (tmp_path / "other.pkl").write_bytes(pickle.dumps({"G": None}))
     with pytest.raises(GasbenchError, match="no EDM network under 'ema'"):
         edm.load_edm_pickle(tmp_path / "other.pkl")
-    small = write_release(build("EDMPrecond-ddpmpp", resolution=16), tmp_path / "small.pkl")
+    small = write_release(tiny_edm("EDMPrecond-ddpmpp", resolution=16), tmp_path / "small.pkl")
     with pytest.raises(GasbenchError, match=r"\(3, 16, 16\) images; teacher 'cifar10' is unconditional at \(3, 32, 32\)"):
         as_teacher("cifar10", small)
     # a release whose layers differ from what its recorded arguments rebuild is not run
-    other_eps = write_release(build("EDMPrecond-ddpmpp"), tmp_path / "eps.pkl", overrides={"GroupNorm": {"eps": 1e-5}})
+    other_eps = write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "eps.pkl", overrides={"GroupNorm": {"eps": 1e-5}})
     with pytest.raises(GasbenchError, match=r"model.enc.32x32_block0.norm0.eps is 1e-05 in the release but 1e-06"):
         edm.load_edm_pickle(other_eps)
 
@@ -280,7 +153,7 @@ def test_fid_reference_images_are_the_users_or_a_clear_message(recording, tmp_pa
     from gasbench.features import feature_space
     from gasbench.weights import real_images_dir
 
-    teacher = as_teacher("cifar10", write_release(build("EDMPrecond-ddpmpp"), tmp_path / "net.pkl"))
+    teacher = as_teacher("cifar10", write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "net.pkl"))
     monkeypatch.setenv("GASBENCH_HOME", str(tmp_path / "home"))
     assert teacher.real_images() is None
     with pytest.raises(GasbenchError, match="--reference-images PATH.*cifar10-32x32.zip.*--metrics rmse,psnr"):

@@ -8,13 +8,13 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
-from test_diffusers_teacher import SCHEDULERS, tiny_unet
 
 from gasbench.diffusers_export import GasbenchScheduler, export_cell
 from gasbench.errors import GasbenchError
 from gasbench.registry import SOLVERS
 from gasbench.solvers.executor import SolverTable, execute
 from gasbench.teachers.diffusers_teacher import DiffusersTeacher
+from helpers import SCHEDULERS, short_fit, tiny_unet
 
 NFE = 4
 BATCH = 3
@@ -35,17 +35,6 @@ def models(tmp_path_factory):
     return out
 
 
-def fit(method, teacher, **options):
-    """A short fit on 12 (noise, dpmpp3m NFE 8 solution) pairs, as `gasbench run` fits a learned cell."""
-    noise = torch.randn(12, *teacher.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    with torch.no_grad():
-        x0 = execute(SOLVERS.get("dpmpp3m")().table(teacher, 8), teacher.denoiser(None), noise * teacher.sigma_max)
-    pairs = {"noise": noise.float(), "x0": x0.float()}
-    solver = SOLVERS.get(method)(batch_size=4, **options)
-    solver.fit(teacher, NFE, {k: v[:8] for k, v in pairs.items()}, {k: v[8:] for k, v in pairs.items()}, progress=False)
-    return solver
-
-
 @pytest.fixture(scope="module")
 def cells(models, tmp_path_factory):
     """(kind, method) -> (cell directory, solver) for eps and v models: dpmpp3m as `gasbench run` records
@@ -60,7 +49,7 @@ def cells(models, tmp_path_factory):
                   "teacher": teacher.describe(), "nfe": NFE}
         (cell / "metrics.json").write_text(json.dumps(record))
         out[kind, "dpmpp3m"] = cell, dpmpp3m
-        gs = fit("gs", teacher, iterations=6, lr=0.05)
+        gs = short_fit("gs", teacher, NFE, iterations=6, lr=0.05)
         cell = tmp_path_factory.mktemp(f"{kind}-gs")
         gs.save_state(cell, teacher, NFE)
         out[kind, "gs"] = cell, gs
@@ -154,7 +143,7 @@ def test_learned_decoupled_steps_reach_the_network(models, cells, tmp_path):
 
 def test_what_cannot_be_exported_gives_one_message(models, cells, gmm_teacher, tmp_path):
     folder, teacher = models["vp-epsilon"]
-    dlms = fit("dlms", teacher, iterations=0)  # its saved state, as `gasbench run` writes it
+    dlms = short_fit("dlms", teacher, NFE, iterations=0)  # its saved state, as `gasbench run` writes it
     dlms.save_state(tmp_path / "dlms", teacher, NFE)
     with pytest.raises(GasbenchError, match="dlms chooses its steps and coefficients per sample"):
         export_cell(tmp_path / "dlms", tmp_path / "out", teacher=f"diffusers:{folder}")
@@ -190,7 +179,7 @@ def test_scheduler_refuses_a_solve_it_cannot_replay(models):
 def test_export_command_and_a_saved_pipeline(models, cells, tmp_path, monkeypatch, capsys):
     """The Typer command writes the scheduler and says how to use it; a pipeline saved with it reloads
     it by its module (diffusers imports gasbench.diffusers_export)."""
-    from test_cli import gasbench
+    from helpers import gasbench
 
     cell = cells["vp-v", "dpmpp3m"][0]
     code, out, err = gasbench(monkeypatch, capsys, "export", cell, tmp_path / "scheduler")

@@ -11,8 +11,7 @@ import time
 
 import pytest
 import torch
-from test_cli import gasbench
-from test_user_safety import RUN, SLOW_TEACHER
+from helpers import RUN, SLOW_TEACHER, gasbench
 
 from gasbench.config import locate
 from gasbench.registry import SOLVERS

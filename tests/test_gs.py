@@ -154,7 +154,7 @@ def test_gasbench_run_trains_records_and_reuses_gs(tmp_path):
 
 
 def test_gasbench_show_prints_learned_steps_and_refuses_other_cells(gmm, tmp_path, monkeypatch, capsys):
-    from test_cli import gasbench
+    from helpers import gasbench
 
     from gasbench.runner import RunConfig, run
 

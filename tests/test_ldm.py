@@ -27,7 +27,7 @@ from gasbench.teachers.diffusers_teacher import DiffusersTeacher
 from gasbench.teachers.ldm import (IMAGENET256, LSUN_BEDROOM, imagenet256_dit, ImageNet256Teacher,
                                    LSUNBedroomTeacher)
 from gasbench.weights import gasbench_home
-from helpers import LIGHTNING_CLASSES, ModelCheckpoint, pickled_as
+from helpers import Payload, write_lightning_checkpoint
 
 TINY_VQ = dict(ldm.VQ_F4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                block_out_channels=(8, 16), num_vq_embeddings=32, norm_num_groups=4, sample_size=16)
@@ -135,15 +135,6 @@ def schedule_buffers(config) -> dict[str, torch.Tensor]:
     return {"betas": 1 - abar / torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]]), "alphas_cumprod": abar,
             **{name: torch.rand(config.timesteps) for name in ("sqrt_alphas_cumprod", "posterior_variance",
                                                                 "posterior_mean_coef1", "posterior_mean_coef2")}}
-
-
-def write_lightning_checkpoint(path, state: dict[str, torch.Tensor], **extra) -> None:
-    """As Lightning 1.4 saves one: the callback's state keyed by pytorch_lightning's class, hparams as a dict."""
-    with pickled_as(LIGHTNING_CLASSES):
-        torch.save({"state_dict": {k: v.float() for k, v in state.items()}, "global_step": 1234, "epoch": 7,
-                    "pytorch-lightning_version": "1.4.2",
-                    "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.1), "best_model_path": "last.ckpt"}},
-                    "hyper_parameters": {"lr": 1e-4}, **extra}, path)
 
 
 def perturbed(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -334,35 +325,14 @@ def test_unplaced_entries_and_foreign_schedules_are_refused(tmp_path):
         TinyLSUN(weights=tmp_path / "no-vq.ckpt")
 
 
-class _System:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
-
-
-class _Exec(_System):
-    def __reduce__(self):
-        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
-
-
-class _Popen(_System):
-    def __reduce__(self):
-        import subprocess
-
-        return subprocess.Popen, (["touch", str(self.marker)],)
-
-
-@pytest.mark.parametrize("payload, named",
-                         [(_System, r"(posix|nt)\.system"), (_Exec, r"builtins\.exec"), (_Popen, r"subprocess\.Popen")])
-def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, payload, named):
+@pytest.mark.parametrize("call, named",
+                         [("posix.system", r"(posix|nt)\.system"), ("builtins.exec", r"builtins\.exec"),
+                          ("subprocess.Popen", r"subprocess\.Popen")])
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, call, named):
     marker = tmp_path / "pwned"
     unet, vq = tiny_networks(TINY_LSUN)
     write_lightning_checkpoint(tmp_path / "evil.ckpt", {**ldm_unet_state(unet, True), **ldm_vq_state(vq)},
-                               payload=payload(marker))
+                               payload=Payload(call, marker))
     with pytest.raises(GasbenchError, match=rf"evil.ckpt asks to load '{named}'.*refusing it.*Nothing .* was executed"):
         TinyLSUN(weights=tmp_path / "evil.ckpt")
     assert not marker.exists()

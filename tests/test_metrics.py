@@ -64,17 +64,26 @@ def test_unpaired_metric_needs_real_images():
         get_metric("rmse").compute(Evaluation(torch.zeros(8, 1, 2, 2), None, teacher))
 
 
+EULER = "euler+schedule=logsnr"
+
+
 @pytest.fixture(scope="module")
 def three_seed_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("seeds")
-    config = RunConfig(teacher="gmm", methods=["euler", "dpmpp2m"], nfes=[4], num_samples=60, seed_sets=3,
-                       results_dir=results, metrics=["fd", "rmse", "precision"])
-    return results, run(config)
+    # euler on logSNR: at NFE 4 a solver visibly worse than the teacher's own row (on its paper's
+    # time-quadratic schedule it comes within the seed-set noise of the teacher on gmm)
+    return results, run(three_seed_config(results))
+
+
+def three_seed_config(results) -> RunConfig:
+    return RunConfig(teacher="gmm", methods=["euler", "dpmpp2m"], nfes=[4], num_samples=60, seed_sets=3,
+                     results_dir=results, metrics=["fd", "rmse", "precision"],
+                     method_options={"euler": {"schedule": "logsnr"}})
 
 
 def test_seed_sets_are_disjoint_and_give_mean_and_std(three_seed_run):
     results, records = three_seed_run
-    euler = json.loads((results / "gmm" / "euler" / "nfe4" / "metrics.json").read_text())
+    euler = json.loads((results / "gmm" / EULER / "nfe4" / "metrics.json").read_text())
     assert euler["seeds"] == [[50000, 50059], [50060, 50119], [50120, 50179]]
     assert euler["num_samples"] == 180
     per_set = euler["metrics_per_seed_set"]["fd"]
@@ -90,7 +99,7 @@ def test_teacher_row_is_recorded_first_and_ranks_above_euler(three_seed_run):
     teacher = records[0]
     assert teacher["method"] == "teacher" and teacher["solver"]["reference"] is True
     assert set(teacher["metrics"]) == {"fd", "precision"}  # no paired metric against itself
-    euler = next(r for r in records if r["method"] == "euler")
+    euler = next(r for r in records if r["method"] == EULER)
     assert teacher["metrics"]["fd"] + 3 * teacher["metrics_std"]["fd"] < euler["metrics"]["fd"] - 3 * euler["metrics_std"]["fd"]
     text = render(results, ["fd"])
     rows = [line for line in text.splitlines() if line.startswith("|") and "Method" not in line and "---" not in line]
@@ -100,9 +109,7 @@ def test_teacher_row_is_recorded_first_and_ranks_above_euler(three_seed_run):
 
 def test_rerun_reuses_records(three_seed_run):
     results, records = three_seed_run
-    config = RunConfig(teacher="gmm", methods=["euler", "dpmpp2m"], nfes=[4], num_samples=60, seed_sets=3,
-                       results_dir=results, metrics=["fd", "rmse", "precision"])
-    again = run(config)
+    again = run(three_seed_config(results))
     assert [r["created"] for r in again] == [r["created"] for r in records]
     assert [r["metrics"] for r in again] == [r["metrics"] for r in records]
 

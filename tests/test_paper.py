@@ -5,7 +5,7 @@ from io import StringIO
 
 import pandas as pd
 import pytest
-from test_cli import gasbench
+from helpers import gasbench
 
 from gasbench.errors import GasbenchError
 from gasbench.paper import COLUMNS, base_method, label_options, load_paper_results, paper_numbers

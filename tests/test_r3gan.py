@@ -5,7 +5,6 @@ are refused and their payload never runs; GAS finds the pretrained checkpoint of
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 import sys
 import types
@@ -21,6 +20,7 @@ from gasbench.registry import SOLVERS, TEACHERS
 from gasbench.safe_pickle import ModuleRecord, load_network_pickle
 from gasbench.solvers import r3gan
 from gasbench.solvers.r3gan import PRETRAINED, R3GANDiscriminator, load_r3gan_discriminator
+from helpers import Payload
 
 
 def release_names(root: str = "R3GAN", wrapper: str = "training.networks") -> dict:
@@ -142,28 +142,16 @@ def test_class_conditional_release_pickle_loads_with_the_constant_embedding(rele
     assert loaded(torch.randn(2, 3, 8, 8)).shape == (2,)
 
 
-class _Payload:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.target}",)
-
-
 def test_a_pickle_with_a_code_payload_is_refused_and_never_runs(release_modules, tmp_path):
     target = tmp_path / "pwned"
     write_release_pickle(R3GANDiscriminator(**LAYOUT), release_modules, tmp_path / "evil.pkl",
-                         extra={"payload": _Payload(target)})
+                         extra={"payload": Payload("posix.system", target)})
     with pytest.raises(GasbenchError, match="system'.*refusing"):
         load_r3gan_discriminator(tmp_path / "evil.pkl")
     assert not target.exists()
     with pytest.raises(GasbenchError, match="builtins.eval"):
-        load_network_pickle(pickle.dumps(_Evil()), module_prefixes=("R3GAN.",))
-
-
-class _Evil:
-    def __reduce__(self):
-        return eval, ("1 + 1",)
+        load_network_pickle(pickle.dumps(Payload("builtins.eval", target)), module_prefixes=("R3GAN.",))
+    assert not target.exists()
 
 
 def test_persistence_records_keep_their_state_and_never_execute_embedded_source(tmp_path, monkeypatch):

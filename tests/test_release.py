@@ -25,6 +25,7 @@ from gasbench.solvers.executor import ExecutionStats, execute
 from gasbench.teachers.base import ReferenceSolver, Teacher
 from gasbench.teachers.diffusers_teacher import DiscreteVPSchedule
 from gasbench.teachers.gmm import GaussianMixtureTeacher
+from helpers import Payload
 
 BETA_0, BETA_1 = 0.1, 20.0  # the release's NoiseScheduleVP('linear') for EDM networks
 
@@ -177,7 +178,7 @@ def test_a_release_student_of_a_discrete_time_teacher_samples_as_the_release_doe
 
 def test_an_imported_student_is_evaluated_by_gasbench_run(gmm, tmp_path):
     from gasbench.runner import RunConfig, run
-    from gasbench.solvers.learned import load_saved_solver
+    from gasbench.solvers.cells import load_cell as load_saved_solver
 
     path = tmp_path / "hub" / "edm" / "cifar10" / "gas_nfe4.pt"
     path.parent.mkdir(parents=True)
@@ -207,18 +208,10 @@ def test_t_eps_comes_from_the_release_config_of_the_hub_folder(gmm, tmp_path):
         load_release_student(tmp_path / "student.pt", gmm, "gs")
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 @pytest.mark.parametrize("container", ["torch.save", "pickle"])
 def test_unsafe_student_files_are_refused_and_never_run(gmm, tmp_path, container):
     marker, path = tmp_path / "ran", tmp_path / "student.pt"
-    blob = {"ema": {"shadow_params": [_Evil(marker)]}, "step": 1}
+    blob = {"ema": {"shadow_params": [Payload("posix.system", marker)]}, "step": 1}
     if container == "torch.save":
         torch.save(blob, path)
     else:
@@ -288,7 +281,7 @@ def test_teacher_data_becomes_training_pairs_only_for_a_teacher_with_the_release
 
 def test_unsafe_teacher_datasets_are_refused_and_never_run(tmp_path):
     marker, path = tmp_path / "ran", tmp_path / "dataset.pkl"
-    data = defaultdict(list, {"noise": torch.zeros(2, 1, 2, 2), "images": _Evil(marker)})
+    data = defaultdict(list, {"noise": torch.zeros(2, 1, 2, 2), "images": Payload("posix.system", marker)})
     path.write_bytes(pickle.dumps(data))
     with pytest.raises(GasbenchError, match="posix.system.*Nothing from it was executed"):
         load_release_teacher_data(path)
@@ -301,7 +294,7 @@ def test_unsafe_teacher_datasets_are_refused_and_never_run(tmp_path):
 
 
 def test_import_release_command(tmp_path, monkeypatch, capsys):
-    from test_cli import gasbench
+    from helpers import gasbench
 
     path = tmp_path / "student.pt"
     write_release_student(path, *random_student(4, 1e-3, 1.0))

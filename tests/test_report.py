@@ -81,7 +81,7 @@ def test_metric_plot_has_a_line_per_method_error_bars_and_the_teacher(results):
 
 
 def test_command_writes_next_to_the_results_or_to_out(results, tmp_path, monkeypatch, capsys):
-    from test_cli import gasbench
+    from helpers import gasbench
 
     monkeypatch.setattr("gasbench.report.build_report", lambda directory: f"<p>{directory}</p>")
     code, _, err = gasbench(monkeypatch, capsys, "report", "--results-dir", results)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from gasbench.cli import main
 from gasbench.records import read_record, without_volatile
-from test_cli import gasbench
+from helpers import gasbench
 
 GS = "gs+batch_size=8+iterations=6+train_size=32"
 RUN = ["run", "-d", "gmm", "-m", "euler,gs", "--nfe", "3", "-n", "40", "--batch-size", "16", "--metrics", "rmse,fd",
@@ -129,3 +129,17 @@ def test_a_record_over_more_seed_sets_is_reused_and_another_evaluation_stops_the
         assert files(tmp_path) == before
     assert gasbench(monkeypatch, capsys, *base, "--seeds", "3", "--overwrite")[0] == 0
     assert read_record(tmp_path / "gmm" / "euler" / "nfe3" / "metrics.json")["seeds"][2] == [50032, 50047]
+
+
+def test_trajectory_cache_does_not_depend_on_the_runs_batch_size(tmp_path, monkeypatch, capsys):
+    """The digits teacher's reference solutions, filled by runs with --batch-size 7 and 40 into two
+    fresh homes: the same shard files, byte for byte, and the same teacher row."""
+    homes = {}
+    for batch in ("7", "40"):
+        home = tmp_path / f"home-{batch}"
+        monkeypatch.setenv("GASBENCH_HOME", str(home))
+        code, _, err = gasbench(monkeypatch, capsys, "run", "-d", "digits", "-m", "euler", "--nfe", "4", "-n", "40",
+                                "--batch-size", batch, "--metrics", "rmse", "--results-dir", tmp_path / f"results-{batch}")
+        assert code == 0, err
+        homes[batch] = files(home / "trajectories")
+    assert homes["7"] and homes["7"] == homes["40"]

@@ -21,6 +21,7 @@ from gasbench.tables import render
 from gasbench.teachers.ldm import LatentDiffusionTeacher
 from gasbench.teachers.sd15 import TextToImageTeacher
 from gasbench.trajectories import SPLIT_ENDS, SPLIT_STARTS, TrajectoryCache
+from helpers import gasbench
 
 
 def teacher_like(modality: str, side: int, guidance: float = 1.0) -> SimpleNamespace:
@@ -75,17 +76,6 @@ def test_an_explicit_schedule_wins(teachers):
     for name in PAPER:
         for t in teachers.values():
             assert SOLVERS.get(name)(schedule="gits").resolved_config(t)["schedule"] == "gits"
-
-
-def gasbench(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["gasbench", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 RUN = ("run", "-d", "gmm", "--nfe", "3,4", "-n", "16", "--metrics", "rmse,fd")

@@ -9,7 +9,7 @@ import torch
 from gasbench.errors import GasbenchError
 from gasbench.weights import WeightsSource, converted_weights, resolve_weights, weights_dir
 
-from test_cli import gasbench
+from helpers import gasbench
 
 
 def _source(payload: bytes, url=None, pinned=True) -> WeightsSource:

@@ -81,7 +81,7 @@ class SlowGMM(GaussianMixtureTeacher):
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
 teacher = SlowGMM(torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64), 0.3)
-TrajectoryCache(teacher, tuple(range(40)), shard_size=5, states=3).generate(batch_size=5)
+TrajectoryCache(teacher, tuple(range(40)), shard_size=5, states=3).generate()
 """
 
 
@@ -173,7 +173,7 @@ def test_intermediate_states(gmm_teacher, tmp_path):
     with_states = TrajectoryCache(gmm_teacher, seeds, root=tmp_path, states=5)
     assert plain.digest != with_states.digest
     plain.generate()
-    with_states.generate(batch_size=4)
+    with_states.generate()
     data = with_states.load()
     assert torch.equal(data["x0"], plain.load()["x0"])
     assert data["trajectory"].shape == (6, 5, *gmm_teacher.shape)

@@ -11,38 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli import gasbench
+from helpers import RUN, SLOW_TEACHER, gasbench
 
 from gasbench.registry import SOLVERS
-
-# a cheap cell on the analytic teacher, with no teacher row (rmse is paired)
-RUN = ("run", "-d", "gmm", "--nfe", "4", "-n", "16", "--metrics", "rmse")
-
-# the gmm teacher, slowed down and announcing its first denoiser call when the test asks for it
-SLOW_TEACHER = '''
-import os
-import time
-from pathlib import Path
-
-from gasbench.registry import register_teacher
-from gasbench.teachers.gmm import GaussianMixtureTeacher, gmm_teacher
-
-
-class SlowTeacher(GaussianMixtureTeacher):
-    name = "slow-gmm"
-
-    def denoise(self, x, sigma, cond):
-        if "STARTED" in os.environ:
-            Path(os.environ["STARTED"]).touch()
-            time.sleep(0.2)
-        return super().denoise(x, sigma, cond)
-
-
-@register_teacher("slow-gmm")
-def slow_gmm():
-    gmm = gmm_teacher()
-    return SlowTeacher(gmm.means, gmm.std)
-'''
 
 # a plugin solver: first Euler, then the same file edited to damp the step
 PLUGIN = '''
@@ -183,5 +154,5 @@ def test_solver_code_covers_the_modules_a_solver_runs_on():
     solvers = "gasbench.solvers."
     handcrafted = {solvers + m for m in ("handcrafted", "base", "executor", "schedules")}
     assert set(_code_sources(SOLVERS.get("euler"))) == handcrafted
-    assert set(_code_sources(SOLVERS.get("gs"))) == handcrafted | {solvers + "gs", solvers + "learned"}
+    assert set(_code_sources(SOLVERS.get("gs"))) == handcrafted | {solvers + m for m in ("gs", "learned", "fit")}
     assert SOLVERS.get("euler").code_sha256() == SOLVERS.get("unipc").code_sha256() != SOLVERS.get("gs").code_sha256()
