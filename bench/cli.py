@@ -435,7 +435,7 @@ def import_release(
 ):
     """Put the GAS authors' trained student in a result cell, read without running code; then
     `gasbench run -d <teacher> -m gas-release` (or gs-release) evaluates it like every other method."""
-    from gasbench.release import import_release_student
+    from gasbench.solvers.release import import_release_student
 
     cell = import_release_student(path, load_teacher(dataset, weights), kind.lower(), t_eps, results_dir)
     console.print(f"imported {path} into {cell}; evaluate it with "

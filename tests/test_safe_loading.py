@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from gasbench import lpips_metric, release
+from gasbench import lpips_metric
 from gasbench.errors import GasbenchError
 from gasbench.solvers import r3gan
-from gasbench.teachers import edm, ldm
+from gasbench.teachers import edm, ldm, release
 from helpers import LIGHTNING_CLASSES, PAYLOAD_CALLS, ModelCheckpoint, Payload, pickled_as, raw_os_system
 
 

@@ -150,9 +150,14 @@ def test_solver_code_covers_the_modules_a_solver_runs_on():
     """The code sha256 covers a solver's own module, its bases' and the gasbench.solvers modules
     they import (a handcrafted loop runs on the executor and the schedules), no others."""
     from gasbench.solvers.base import _code_sources
+    from gasbench.solvers.release import release_time
 
     solvers = "gasbench.solvers."
     handcrafted = {solvers + m for m in ("handcrafted", "base", "executor", "schedules")}
     assert set(_code_sources(SOLVERS.get("euler"))) == handcrafted
     assert set(_code_sources(SOLVERS.get("gs"))) == handcrafted | {solvers + m for m in ("gs", "learned", "fit")}
+    # the release's students sample with the GS code and their own loop and times (release_time);
+    # the file reader (gasbench.teachers.release) decides nothing about the samples
+    release = set(_code_sources(SOLVERS.get("gas-release")))
+    assert release == set(_code_sources(SOLVERS.get("gs"))) | {release_time.__module__}
     assert SOLVERS.get("euler").code_sha256() == SOLVERS.get("unipc").code_sha256() != SOLVERS.get("gs").code_sha256()
