@@ -603,30 +603,26 @@ def _release(title: str, filename: str, sha256: Optional[str]) -> WeightsSource:
                          RELEASE_URL + filename, sha256)
 
 
-@register_teacher("cifar10", description="EDM DDPM++ with EDM preconditioning, CIFAR-10 32x32, unconditional (NVIDIA release)")
-class CIFAR10Teacher(EDMTeacher):
-    name = "cifar10"
-    shape = (3, 32, 32)
-    # pinned from independent public projects that verify this file before use
-    weights_source = _release("CIFAR-10 32x32 unconditional", "edm-cifar10-32x32-uncond-vp.pkl",
-                      "4d5dcc1f1d0d41c8934ad21626eeddbdc0460182becf9fc059a0631b1eedb4da")
-    REAL_IMAGES = "cifar10-32x32.zip"
+# The EDM releases the papers distil (GAS D.4.1): name -> (image shape, title, file, pinned sha256,
+# the real-image set). Pins: CIFAR-10 from independent public projects that verify the file before
+# use; FFHQ from one such project (with its size, 247,513,128 bytes); AFHQv2 has no trustworthy
+# published sha256, so the file's own hash is recorded.
+EDM_RELEASES = {
+    "cifar10": ((3, 32, 32), "CIFAR-10 32x32 unconditional", "edm-cifar10-32x32-uncond-vp.pkl",
+                "4d5dcc1f1d0d41c8934ad21626eeddbdc0460182becf9fc059a0631b1eedb4da", "cifar10-32x32.zip"),
+    "ffhq": ((3, 64, 64), "FFHQ 64x64 unconditional", "edm-ffhq-64x64-uncond-vp.pkl",
+             "f6f8f24a2b46ae79807b0f919e2550c6ed37cc3f8b7a2100629092cad9b5d2f5", "ffhq-64x64.zip"),
+    "afhqv2": ((3, 64, 64), "AFHQv2 64x64 unconditional", "edm-afhqv2-64x64-uncond-vp.pkl", None, "afhqv2-64x64.zip"),
+}
 
 
-@register_teacher("ffhq", description="EDM DDPM++ with EDM preconditioning, FFHQ 64x64, unconditional (NVIDIA release)")
-class FFHQTeacher(EDMTeacher):
-    name = "ffhq"
-    shape = (3, 64, 64)
-    # pinned from one public project that verifies this file (with its size, 247,513,128 bytes)
-    weights_source = _release("FFHQ 64x64 unconditional", "edm-ffhq-64x64-uncond-vp.pkl",
-                      "f6f8f24a2b46ae79807b0f919e2550c6ed37cc3f8b7a2100629092cad9b5d2f5")
-    REAL_IMAGES = "ffhq-64x64.zip"
+def _register_release(name: str, shape: tuple[int, int, int], title: str, filename: str, sha256: Optional[str],
+                      real_images: str) -> type:
+    cls = type(f"EDM_{name}_Teacher", (EDMTeacher,), {
+        "name": name, "shape": shape, "weights_source": _release(title, filename, sha256), "REAL_IMAGES": real_images,
+        "__module__": __name__, "__doc__": f"EDM's released {title} network as a teacher."})
+    description = f"EDM DDPM++ with EDM preconditioning, {title.replace(' unconditional', '')}, unconditional (NVIDIA release)"
+    return register_teacher(name, description=description)(cls)
 
 
-@register_teacher("afhqv2", description="EDM DDPM++ with EDM preconditioning, AFHQv2 64x64, unconditional (NVIDIA release)")
-class AFHQv2Teacher(EDMTeacher):
-    name = "afhqv2"
-    shape = (3, 64, 64)
-    # no trustworthy published sha256 of this file was found: the file's own hash is recorded
-    weights_source = _release("AFHQv2 64x64 unconditional", "edm-afhqv2-64x64-uncond-vp.pkl", None)
-    REAL_IMAGES = "afhqv2-64x64.zip"
+RELEASE_TEACHERS = {name: _register_release(name, *spec) for name, spec in EDM_RELEASES.items()}

@@ -217,12 +217,12 @@ def missing_weights_file(setup):
 
 @case("corrupt or not the official")
 def cached_weights_with_the_wrong_sha256(setup):
-    from gasbench.teachers.edm import CIFAR10Teacher
+    from gasbench.teachers.edm import RELEASE_TEACHERS
 
     setup.monkeypatch.setenv("GASBENCH_HOME", str(setup.tmp / "home"))
     setup.monkeypatch.setenv("GASBENCH_OFFLINE", "1")
     (setup.tmp / "home" / "weights").mkdir(parents=True)
-    (setup.tmp / "home" / "weights" / CIFAR10Teacher.weights_source.filename).write_bytes(b"not the release")
+    (setup.tmp / "home" / "weights" / RELEASE_TEACHERS["cifar10"].weights_source.filename).write_bytes(b"not the release")
     return run(setup, "-d", "cifar10")
 
 
