@@ -13,7 +13,7 @@ import time
 import torch
 
 from gasbench.registry import SOLVERS
-from gasbench.sampling import noise_and_conditions
+from gasbench.seeds import noise_and_conditions
 from gasbench.solvers.executor import ExecutionStats, execute
 
 

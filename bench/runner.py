@@ -51,7 +51,8 @@ from gasbench.sampling import AUTO_BATCH, auto_batch_size, sample_seeds
 from gasbench.solvers.executor import ExecutionStats, Table
 from gasbench.solvers.learned import STATE_FILE
 from gasbench.teachers.load import load_teacher
-from gasbench.trajectories import SPLIT_STARTS, TrajectoryCache
+from gasbench.seeds import SPLIT_STARTS
+from gasbench.trajectories import TrajectoryCache
 from gasbench.tuning import tune_schedules, wants_tuning
 from gasbench.verify import environment, sample_checksums
 from gasbench.weights import sha256_of

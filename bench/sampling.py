@@ -1,8 +1,6 @@
-"""Per-seed noise and conditions, and batched sampling through the executor.
-
-Sample i always uses its own seed's generator (EDM's convention), so a sample never depends on
-the batch size: noise first, then the condition, from ``torch.Generator().manual_seed(seed)``.
-Under torchrun the batches are split over the processes (:mod:`gasbench.distributed`).
+"""Batched sampling through the executor, each sample from its own seed's noise
+(:func:`gasbench.seeds.noise_and_conditions`). Under torchrun the batches are split over the
+processes (:mod:`gasbench.distributed`).
 """
 
 from __future__ import annotations
@@ -14,14 +12,8 @@ import torch
 
 from gasbench import distributed
 from gasbench.faults import fault_point
+from gasbench.seeds import noise_and_conditions
 from gasbench.solvers.executor import ExecutionStats, Table, execute
-
-
-def noise_and_conditions(teacher, seeds: list[int]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Unit-variance noise (B, *shape) in float64 and the conditions, one generator per seed."""
-    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    noise = torch.stack([torch.randn(teacher.shape, generator=g, dtype=torch.float64) for g in generators])
-    return noise, teacher.conditions(generators)
 
 
 AUTO_BATCH = 0  # RunConfig.batch_size meaning "choose from free memory"

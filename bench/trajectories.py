@@ -29,19 +29,11 @@ from gasbench.errors import GasbenchError
 from gasbench.faults import fault_point
 from gasbench.records import write_atomic, write_json_atomic
 from gasbench.registry import SOLVERS
-from gasbench.sampling import noise_and_conditions
+from gasbench.seeds import SPLIT_ENDS, SPLIT_SIZES, SPLIT_STARTS, noise_and_conditions
 from gasbench.solvers.executor import execute
 from gasbench.weights import gasbench_home
 
 CACHE_VERSION = 2
-# Disjoint seed ranges: the GAS release trains from seed 0 and evaluates from 50,000; gasbench
-# keeps 40,000-49,999 for validation.
-SPLIT_STARTS = {"train": 0, "validation": 40_000, "evaluation": 50_000}
-SPLIT_ENDS = {"train": 40_000, "validation": 50_000, "evaluation": None}
-# Default sizes from the papers: GS trains on 1,400 pairs (GAS uses 5,000; LD3 about 50, S4S 700,
-# S4S-Alt 1,400; each method asks for its own), 1,000 validation pairs, and 50,000 evaluation
-# samples for the papers' teachers (the built-in teachers' runs default to 1,000, see RunConfig).
-SPLIT_SIZES = {"train": 1_400, "validation": 1_000, "evaluation": 50_000}
 TENSORS = ("seeds", "noise", "x0")
 
 

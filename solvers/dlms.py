@@ -290,8 +290,7 @@ class DLMSSolver(LearnedSolver):
         """Per evaluation, means over the first ``samples`` validation seeds: the integration
         sigma_n, the time scale s_n, the evaluation sigma s_n sigma_n, its spread over samples
         (std), and the coefficients a_k of the update that follows."""
-        from gasbench.sampling import noise_and_conditions
-        from gasbench.trajectories import SPLIT_STARTS
+        from gasbench.seeds import SPLIT_STARTS, noise_and_conditions
 
         noise, cond = noise_and_conditions(teacher, list(range(SPLIT_STARTS["validation"], SPLIT_STARTS["validation"] + samples)))
         table = self.table_from(params, teacher, nfe)

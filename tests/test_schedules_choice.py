@@ -20,7 +20,8 @@ from gasbench.solvers.schedules import make_sigmas
 from gasbench.tables import render
 from gasbench.teachers.ldm import LatentDiffusionTeacher
 from gasbench.teachers.sd15 import TextToImageTeacher
-from gasbench.trajectories import SPLIT_ENDS, SPLIT_STARTS, TrajectoryCache
+from gasbench.seeds import SPLIT_ENDS, SPLIT_STARTS
+from gasbench.trajectories import TrajectoryCache
 from helpers import gasbench
 
 

@@ -99,7 +99,7 @@ def test_load_teacher_options():
 
 
 def test_bf16_autocast_changes_the_network_precision_only():
-    from gasbench.sampling import noise_and_conditions
+    from gasbench.seeds import noise_and_conditions
     from gasbench.teachers.load import load_teacher
 
     fp32, bf16 = load_teacher("digits", device="cpu"), load_teacher("digits", device="cpu", precision="bf16")

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from gasbench.registry import SOLVERS, TEACHERS
-from gasbench.sampling import noise_and_conditions, sample_seeds
+from gasbench.sampling import sample_seeds
+from gasbench.seeds import noise_and_conditions
 from gasbench.teachers.datasets import load_digits_tensor
 
 
