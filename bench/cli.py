@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
@@ -12,14 +11,15 @@ from typing import Optional
 
 import click
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from gasbench import distributed
 from gasbench.budgets import BUDGETS, DEFAULT_REFERENCE
+from gasbench.cli_common import PluginOption, console, err_console, load_plugins, parse_ints, split_list
+from gasbench.cli_tools import bench_app, data_app, teacher_app
 from gasbench.errors import GasbenchError
-from gasbench.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS, import_plugin
+from gasbench.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS
 from gasbench.teachers.load import load_teacher
 
 # typer >= 0.24 vendors its own click: its usage errors are not click's classes
@@ -32,47 +32,14 @@ ABORTS = (click.exceptions.Abort, typer.Abort)
 
 app = typer.Typer(add_completion=True, no_args_is_help=False, help=__doc__,
                   epilog="Add --debug anywhere on the command line to see the full traceback of an error.")
-teacher_app = typer.Typer(help="Train or inspect teachers.")
-bench_app = typer.Typer(help="Speed and memory benchmarks that print figures.")
-data_app = typer.Typer(help="The teacher-trajectory cache.")
 app.add_typer(data_app, name="data")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(bench_app, name="bench")
 
 
-def _width(stream) -> Optional[int]:
-    """Piped or redirected output is not cut to rich's default 80 columns (tables keep their full
-    width in files and CI logs); a terminal, or $COLUMNS, decides otherwise."""
-    return None if stream.isatty() or "COLUMNS" in os.environ else 200
-
-
-console = Console(soft_wrap=True, width=_width(sys.stdout))
-err_console = Console(stderr=True, soft_wrap=True, width=_width(sys.stderr))
-
-PluginOption = typer.Option(None, "--plugin", help="Module name or .py file that registers solvers (repeatable).")
-
-
-def _split(values: Optional[list[str]]) -> list[str]:
-    """Accept both `--methods a,b` and repeated `--methods a --methods b`."""
-    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
-
-
-def _ints(values: list[str], what: str) -> list[int]:
-    """Integers from comma-separated text, each once, in the order given ("4, 4,8" -> [4, 8])."""
-    try:
-        return list(dict.fromkeys(int(v) for v in _split(values)))
-    except ValueError:
-        raise GasbenchError(f"{what} must be integers separated by commas, got {','.join(values)!r}.") from None
-
-
-def _load_plugins(plugins: Optional[list[str]]) -> None:
-    for spec in plugins or []:
-        import_plugin(spec)
-
-
 def _key_values(pairs: Optional[list[str]]) -> dict[str, str]:
     out = {}
-    for pair in _split(pairs):
+    for pair in split_list(pairs):
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise GasbenchError(f"--solver-arg expects key=value, got {pair!r}.")
@@ -86,7 +53,7 @@ def _run_config(values: dict, source: str):
     from gasbench.runner import RunConfig
 
     def listed(value) -> list[str]:
-        return _split([str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)])
+        return split_list([str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)])
 
     names, per_method = split_methods(values["methods"] if not isinstance(values["methods"], list)
                                       else ",".join(map(str, values["methods"])), source)
@@ -100,7 +67,7 @@ def _run_config(values: dict, source: str):
 
     try:
         return RunConfig(
-            teacher=str(values["dataset"]), methods=names or None, nfes=_ints(listed(values["nfe"]), "--nfe"),
+            teacher=str(values["dataset"]), methods=names or None, nfes=parse_ints(listed(values["nfe"]), "--nfe"),
             seed=int(values["seed"]), num_samples=None if values["num_samples"] is None else int(values["num_samples"]),
             batch_size=_batch_size(str(values["batch_size"])), results_dir=Path(values["results_dir"]),
             schedule=values["schedule"], solver_args=solver_args, overwrite=bool(values["overwrite"]),
@@ -167,7 +134,7 @@ def run(
     from gasbench.runner import run as run_benchmark
     from gasbench.tables import render
 
-    _load_plugins(plugin)
+    load_plugins(plugin)
     values = dict(methods=methods, dataset=dataset, nfe=nfe, seed=seed, num_samples=num_samples, batch_size=batch_size,
                   results_dir=results_dir, schedule=schedule, solver_args=solver_arg, metrics=metrics, seeds=seeds,
                   overwrite=overwrite, weights=weights, device=device, precision=precision, reference_images=reference_images,
@@ -223,8 +190,8 @@ def table(
     """Render leaderboards from recorded results: rows = methods, columns = NFE, best in bold."""
     from gasbench.tables import render, write_into
 
-    text = render(results_dir, _split(metric) or None, fmt, teacher, _split(methods) or None, _split(exclude) or None,
-                  with_paper=with_paper, nfes=_ints(nfe, "--nfe") if nfe else None)
+    text = render(results_dir, split_list(metric) or None, fmt, teacher, split_list(methods) or None, split_list(exclude) or None,
+                  with_paper=with_paper, nfes=parse_ints(nfe, "--nfe") if nfe else None)
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     if into is not None:
         write_into(into, text, block)
@@ -282,7 +249,7 @@ def list_(
     plugin: Optional[list[str]] = PluginOption,
 ):
     """The registered solvers, teachers, schedules and metrics, one line each."""
-    _load_plugins(plugin)
+    load_plugins(plugin)
     registries = {"solvers": SOLVERS, "teachers": TEACHERS, "schedules": SCHEDULES, "metrics": METRICS}
     if what is not None and what not in registries:
         raise GasbenchError(f"cannot list '{what}'; choose one of {', '.join(registries)}.")
@@ -319,7 +286,7 @@ def budgets(
 
     from gasbench.budgets import budget_rows
 
-    _load_plugins(plugin)
+    load_plugins(plugin)
     if nfe < 1:
         raise GasbenchError(f"--nfe must be at least 1, got {nfe}.")
     factory = TEACHERS.get(dataset) if not dataset.startswith("diffusers:") else None
@@ -341,7 +308,7 @@ def teachers(
     """The registered teachers, the weights each needs, whether they are present, and where they are looked for."""
     from gasbench.weights import sha256_of, weights_dir
 
-    _load_plugins(plugin)
+    load_plugins(plugin)
     out = Table(title=f"teachers (weights looked for in: --weights PATH, then {weights_dir()}, then the URL when online)",
                 title_justify="left")
     for column in ("name", "weights file", "pinned sha256", "present", "source"):
@@ -393,7 +360,7 @@ def export(
     """A cell's solver as a diffusers scheduler that reproduces gasbench's sampling with it (GAS Eq. 13)."""
     if to != "diffusers":
         raise GasbenchError(f"--to {to!r}: the only export format is diffusers.")
-    _load_plugins(plugin)
+    load_plugins(plugin)
     from gasbench.diffusers_export import export_cell  # imports diffusers: only when exporting
 
     scheduler = export_cell(cell, out, teacher)
@@ -417,7 +384,7 @@ def verify(
     (configuration hash; learned: saved state's sha256) against its record; exit 1 on a mismatch."""
     from gasbench.verify import verify_cell
 
-    _load_plugins(plugin)
+    load_plugins(plugin)
     result = verify_cell(cell, samples, all_seeds, device)
     console.print(result.render(), highlight=False, markup=False)
     if not result.ok:
@@ -440,146 +407,6 @@ def import_release(
     cell = import_release_student(path, load_teacher(dataset, weights), kind.lower(), t_eps, results_dir)
     console.print(f"imported {path} into {cell}; evaluate it with "
                   f"`gasbench run -d {dataset} -m {kind.lower()}-release --nfe {cell.name[3:]} --results-dir {results_dir}`")
-
-
-@teacher_app.command("train", epilog="Example: gasbench teacher train digits --out digits.safetensors")
-def teacher_train(
-    name: str = typer.Argument("digits", help="Built-in teacher to train: digits or fashion."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the safetensors weights (default NAME.safetensors)."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", help="Training iterations; default: the committed run's."),
-    seed: int = typer.Option(0, "--seed"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file to resume from / write to."),
-    threads: int = typer.Option(2, "--threads", help="CPU threads; the committed weights were made with 2 (another count changes the floating-point sums, so the sha256)."),
-):
-    """Reproduce a built-in teacher's committed weights and compare them with the pinned sha256."""
-    import torch
-
-    from gasbench.teachers import training
-    from gasbench.weights import sha256_of
-
-    if name not in training.RECIPES:
-        raise GasbenchError(f"no trainer for teacher '{name}'; trainable: {', '.join(training.RECIPES)}.")
-    out = out or Path(f"{name}.safetensors")
-    torch.set_num_threads(threads)
-    training.train_builtin_teacher(name, out, iterations=iterations, seed=seed, checkpoint_path=checkpoint)
-    sha = sha256_of(out)
-    same = "identical to" if sha == TEACHERS.get(name).WEIGHTS_SHA256 else "different from"
-    console.print(f"wrote {out} (sha256 {sha}), {same} the committed weights")
-
-
-@teacher_app.command("train-classifier", epilog="Example: gasbench teacher train-classifier fashion --out fashion-classifier.safetensors")
-def teacher_train_classifier(
-    name: str = typer.Argument(..., help="Dataset of a built-in teacher: digits or fashion."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the weights (default NAME-classifier.safetensors)."),
-    seed: int = typer.Option(0, "--seed"),
-    threads: int = typer.Option(2, "--threads", help="CPU threads; the committed weights were made with 2 (another count changes the floating-point sums, so the sha256)."),
-):
-    """Reproduce the classifier whose features give a built-in teacher's domain FD."""
-    import torch
-
-    from gasbench.teachers import classifier
-    from gasbench.weights import sha256_of
-
-    if name not in classifier.CLASSIFIER_RECIPES:
-        raise GasbenchError(f"no classifier recipe for '{name}'; trainable: {', '.join(classifier.CLASSIFIER_RECIPES)}.")
-    out = out or Path(f"{name}-classifier.safetensors")
-    torch.set_num_threads(threads)
-    metadata = classifier.train_classifier(name, out, seed=seed)
-    sha = sha256_of(out)
-    same = "identical to" if sha == classifier.CLASSIFIER_SHA256[name] else "different from"
-    console.print(f"wrote {out} (test accuracy {metadata['test_accuracy']:.4f}, sha256 {sha}), {same} the committed weights")
-
-
-@data_app.command("info", epilog="Example: gasbench data info")
-def data_info():
-    """List the cached teacher trajectories: teacher, seeds, reference solver, shards, size."""
-    from gasbench.trajectories import cache_root, describe_caches
-
-    rows = describe_caches()
-    out = Table(title=f"trajectory caches under {cache_root()}", title_justify="left")
-    columns = ("teacher", "seeds", "samples", "states", "reference", "shards", "size_mb", "directory")
-    for col in columns:
-        out.add_column(col)
-    for row in rows:
-        out.add_row(*(str(row[c]) for c in columns))
-    console.print(out if rows else f"no trajectory caches under {cache_root()}")
-
-
-@bench_app.command("overhead", epilog="Example: gasbench bench overhead -d digits --nfe 4,10 --batch-size 256")
-def bench_overhead(
-    dataset: str = typer.Option("digits", "--dataset", "-d"),
-    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m", help="Default: every handcrafted solver."),
-    nfe: list[str] = typer.Option(["4,10"], "--nfe"),
-    batch_size: int = typer.Option(256, "--batch-size"),
-    repeats: int = typer.Option(3, "--repeats"),
-):
-    """Solver arithmetic time / denoiser time per sampling call (target <= 1% at batch 256)."""
-    import torch
-
-    from gasbench.overhead import measure_overhead
-    from gasbench.solvers.base import HandcraftedSolver
-
-    teacher = load_teacher(dataset)
-    names = _split(methods) or [e.name for e in SOLVERS if issubclass(e.obj, HandcraftedSolver)]
-    rows = measure_overhead(teacher, names, _ints(nfe, "--nfe"), batch_size, repeats)
-    out = Table(title=f"solver overhead on {dataset}, batch {batch_size}, {torch.get_num_threads()} threads")
-    for col in ("method", "NFE", "denoiser ms", "solver ms", "solver / denoiser", "table build ms (once)"):
-        out.add_column(col, justify="right")
-    for r in rows:
-        out.add_row(r["method"], str(r["nfe"]), f"{r['denoiser_ms']:.1f}", f"{r['solver_ms']:.2f}",
-                    f"{r['overhead_pct']:.2f}%", f"{r['table_ms']:.1f}")
-    console.print(out)
-
-
-@bench_app.command("training", epilog="Example: gasbench bench training -m gs -d fashion --nfe 4")
-def bench_training(
-    method: str = typer.Option("gs", "--method", "-m", help="A learned method."),
-    dataset: str = typer.Option("digits", "--dataset", "-d"),
-    nfe: list[str] = typer.Option(["4,10"], "--nfe"),
-    batch_size: int = typer.Option(24, "--batch-size"),
-    repeats: int = typer.Option(3, "--repeats"),
-):
-    """One training iteration against the student's own network passes, and its peak memory, with
-    and without gradient checkpointing."""
-    import torch
-
-    from gasbench.overhead import measure_training_step
-
-    if not getattr(SOLVERS.get(method), "learned", False):
-        raise GasbenchError(f"'{method}' is not a learned method; `gasbench list solvers` shows which are.")
-    teacher = load_teacher(dataset)
-    rows = measure_training_step(teacher, SOLVERS.resolve(method).name, _ints(nfe, "--nfe"), batch_size, repeats)
-    device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
-    out = Table(title=f"{method} training step on {dataset}, batch {batch_size} ({device})")
-    for col in ("NFE", "checkpointing", "step ms", "network fwd+bwd ms", "step / network", "peak MB"):
-        out.add_column(col, justify="right")
-    for r in rows:
-        out.add_row(str(r["nfe"]), "yes" if r["checkpointing"] else "no", f"{r['step_ms']:.0f}",
-                    f"{r['network_ms']:.0f}", f"{r['ratio']:.2f}", f"{r['peak_mb']:.0f}")
-    console.print(out)
-
-
-@bench_app.command("metrics", epilog="Example: gasbench bench metrics -d digits -n 200 --metrics fd,fid,lpips-vgg")
-def bench_metrics(
-    dataset: str = typer.Option("digits", "--dataset", "-d"),
-    metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Default: the teacher's metrics plus fid, lpips-alex and lpips-vgg."),
-    num_samples: int = typer.Option(200, "--num-samples", "-n"),
-):
-    """Images per second of each metric's pipeline on CPU or GPU (one-off setup reported apart)."""
-    import torch
-
-    from gasbench.overhead import measure_metric_speed
-    from gasbench.tables import default_metrics
-
-    names = _split(metrics) or list(dict.fromkeys([*default_metrics(dataset), "fid", "lpips-alex", "lpips-vgg"]))
-    teacher = load_teacher(dataset)
-    rows = measure_metric_speed(teacher, names, num_samples)
-    out = Table(title=f"metric speed on {dataset}, {num_samples} samples, {torch.get_num_threads()} threads")
-    for col in ("metric", "setup s (once)", "compute s", "images/s"):
-        out.add_column(col, justify="right")
-    for r in rows:
-        out.add_row(r["metric"], f"{r['setup_s']:.2f}", f"{r['compute_s']:.3f}", f"{r['images_per_s']:.1f}")
-    console.print(out)
 
 
 def main() -> None:

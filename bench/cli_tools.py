@@ -1,0 +1,159 @@
+"""`gasbench teacher`, `gasbench data` and `gasbench bench`: reproducing the built-in teachers'
+weights, the trajectory cache, and the speed and memory benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from gasbench.cli_common import console, parse_ints, split_list
+from gasbench.errors import GasbenchError
+from gasbench.registry import SOLVERS, TEACHERS
+from gasbench.teachers.load import load_teacher
+
+teacher_app = typer.Typer(help="Train or inspect teachers.")
+bench_app = typer.Typer(help="Speed and memory benchmarks that print figures.")
+data_app = typer.Typer(help="The teacher-trajectory cache.")
+
+
+@teacher_app.command("train", epilog="Example: gasbench teacher train digits --out digits.safetensors")
+def teacher_train(
+    name: str = typer.Argument("digits", help="Built-in teacher to train: digits or fashion."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the safetensors weights (default NAME.safetensors)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Training iterations; default: the committed run's."),
+    seed: int = typer.Option(0, "--seed"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file to resume from / write to."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads; the committed weights were made with 2 (another count changes the floating-point sums, so the sha256)."),
+):
+    """Reproduce a built-in teacher's committed weights and compare them with the pinned sha256."""
+    import torch
+
+    from gasbench.teachers import training
+    from gasbench.weights import sha256_of
+
+    if name not in training.RECIPES:
+        raise GasbenchError(f"no trainer for teacher '{name}'; trainable: {', '.join(training.RECIPES)}.")
+    out = out or Path(f"{name}.safetensors")
+    torch.set_num_threads(threads)
+    training.train_builtin_teacher(name, out, iterations=iterations, seed=seed, checkpoint_path=checkpoint)
+    sha = sha256_of(out)
+    same = "identical to" if sha == TEACHERS.get(name).WEIGHTS_SHA256 else "different from"
+    console.print(f"wrote {out} (sha256 {sha}), {same} the committed weights")
+
+
+@teacher_app.command("train-classifier", epilog="Example: gasbench teacher train-classifier fashion --out fashion-classifier.safetensors")
+def teacher_train_classifier(
+    name: str = typer.Argument(..., help="Dataset of a built-in teacher: digits or fashion."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the weights (default NAME-classifier.safetensors)."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(2, "--threads", help="CPU threads; the committed weights were made with 2 (another count changes the floating-point sums, so the sha256)."),
+):
+    """Reproduce the classifier whose features give a built-in teacher's domain FD."""
+    import torch
+
+    from gasbench.teachers import classifier
+    from gasbench.weights import sha256_of
+
+    if name not in classifier.CLASSIFIER_RECIPES:
+        raise GasbenchError(f"no classifier recipe for '{name}'; trainable: {', '.join(classifier.CLASSIFIER_RECIPES)}.")
+    out = out or Path(f"{name}-classifier.safetensors")
+    torch.set_num_threads(threads)
+    metadata = classifier.train_classifier(name, out, seed=seed)
+    sha = sha256_of(out)
+    same = "identical to" if sha == classifier.CLASSIFIER_SHA256[name] else "different from"
+    console.print(f"wrote {out} (test accuracy {metadata['test_accuracy']:.4f}, sha256 {sha}), {same} the committed weights")
+
+
+@data_app.command("info", epilog="Example: gasbench data info")
+def data_info():
+    """List the cached teacher trajectories: teacher, seeds, reference solver, shards, size."""
+    from gasbench.trajectories import cache_root, describe_caches
+
+    rows = describe_caches()
+    out = Table(title=f"trajectory caches under {cache_root()}", title_justify="left")
+    columns = ("teacher", "seeds", "samples", "states", "reference", "shards", "size_mb", "directory")
+    for col in columns:
+        out.add_column(col)
+    for row in rows:
+        out.add_row(*(str(row[c]) for c in columns))
+    console.print(out if rows else f"no trajectory caches under {cache_root()}")
+
+
+@bench_app.command("overhead", epilog="Example: gasbench bench overhead -d digits --nfe 4,10 --batch-size 256")
+def bench_overhead(
+    dataset: str = typer.Option("digits", "--dataset", "-d"),
+    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m", help="Default: every handcrafted solver."),
+    nfe: list[str] = typer.Option(["4,10"], "--nfe"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    repeats: int = typer.Option(3, "--repeats"),
+):
+    """Solver arithmetic time / denoiser time per sampling call (target <= 1% at batch 256)."""
+    import torch
+
+    from gasbench.overhead import measure_overhead
+    from gasbench.solvers.base import HandcraftedSolver
+
+    teacher = load_teacher(dataset)
+    names = split_list(methods) or [e.name for e in SOLVERS if issubclass(e.obj, HandcraftedSolver)]
+    rows = measure_overhead(teacher, names, parse_ints(nfe, "--nfe"), batch_size, repeats)
+    out = Table(title=f"solver overhead on {dataset}, batch {batch_size}, {torch.get_num_threads()} threads")
+    for col in ("method", "NFE", "denoiser ms", "solver ms", "solver / denoiser", "table build ms (once)"):
+        out.add_column(col, justify="right")
+    for r in rows:
+        out.add_row(r["method"], str(r["nfe"]), f"{r['denoiser_ms']:.1f}", f"{r['solver_ms']:.2f}",
+                    f"{r['overhead_pct']:.2f}%", f"{r['table_ms']:.1f}")
+    console.print(out)
+
+
+@bench_app.command("training", epilog="Example: gasbench bench training -m gs -d fashion --nfe 4")
+def bench_training(
+    method: str = typer.Option("gs", "--method", "-m", help="A learned method."),
+    dataset: str = typer.Option("digits", "--dataset", "-d"),
+    nfe: list[str] = typer.Option(["4,10"], "--nfe"),
+    batch_size: int = typer.Option(24, "--batch-size"),
+    repeats: int = typer.Option(3, "--repeats"),
+):
+    """One training iteration against the student's own network passes, and its peak memory, with
+    and without gradient checkpointing."""
+    import torch
+
+    from gasbench.overhead import measure_training_step
+
+    if not getattr(SOLVERS.get(method), "learned", False):
+        raise GasbenchError(f"'{method}' is not a learned method; `gasbench list solvers` shows which are.")
+    teacher = load_teacher(dataset)
+    rows = measure_training_step(teacher, SOLVERS.resolve(method).name, parse_ints(nfe, "--nfe"), batch_size, repeats)
+    device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
+    out = Table(title=f"{method} training step on {dataset}, batch {batch_size} ({device})")
+    for col in ("NFE", "checkpointing", "step ms", "network fwd+bwd ms", "step / network", "peak MB"):
+        out.add_column(col, justify="right")
+    for r in rows:
+        out.add_row(str(r["nfe"]), "yes" if r["checkpointing"] else "no", f"{r['step_ms']:.0f}",
+                    f"{r['network_ms']:.0f}", f"{r['ratio']:.2f}", f"{r['peak_mb']:.0f}")
+    console.print(out)
+
+
+@bench_app.command("metrics", epilog="Example: gasbench bench metrics -d digits -n 200 --metrics fd,fid,lpips-vgg")
+def bench_metrics(
+    dataset: str = typer.Option("digits", "--dataset", "-d"),
+    metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Default: the teacher's metrics plus fid, lpips-alex and lpips-vgg."),
+    num_samples: int = typer.Option(200, "--num-samples", "-n"),
+):
+    """Images per second of each metric's pipeline on CPU or GPU (one-off setup reported apart)."""
+    import torch
+
+    from gasbench.overhead import measure_metric_speed
+    from gasbench.tables import default_metrics
+
+    names = split_list(metrics) or list(dict.fromkeys([*default_metrics(dataset), "fid", "lpips-alex", "lpips-vgg"]))
+    teacher = load_teacher(dataset)
+    rows = measure_metric_speed(teacher, names, num_samples)
+    out = Table(title=f"metric speed on {dataset}, {num_samples} samples, {torch.get_num_threads()} threads")
+    for col in ("metric", "setup s (once)", "compute s", "images/s"):
+        out.add_column(col, justify="right")
+    for r in rows:
+        out.add_row(r["metric"], f"{r['setup_s']:.2f}", f"{r['compute_s']:.3f}", f"{r['images_per_s']:.1f}")
+    console.print(out)
