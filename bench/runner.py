@@ -32,7 +32,6 @@ from rich.progress import Progress
 import gasbench
 from gasbench import distributed, locks
 from gasbench.budgets import DEFAULT_REFERENCE, budget_options
-from gasbench.progress import Bars
 from gasbench.errors import GasbenchError
 from gasbench.faults import fault_point
 from gasbench.images import save_grid
@@ -43,15 +42,16 @@ from gasbench.records import (
     cell_dir,
     code_revision,
     ensure_writable,
-    stored_record,
     write_json_atomic,
 )
+from gasbench.progress import Bars
 from gasbench.registry import SOLVERS
+from gasbench.reuse import cell_identity, check_existing, reusable, teacher_identity
 from gasbench.sampling import AUTO_BATCH, auto_batch_size, sample_seeds
+from gasbench.seeds import SPLIT_STARTS
 from gasbench.solvers.executor import ExecutionStats, Table
 from gasbench.solvers.learned import STATE_FILE
 from gasbench.teachers.load import load_teacher
-from gasbench.seeds import SPLIT_STARTS
 from gasbench.trajectories import TrajectoryCache
 from gasbench.tuning import tune_schedules, wants_tuning
 from gasbench.verify import environment, sample_checksums
@@ -229,7 +229,7 @@ def run(config: RunConfig, console: Optional[Console] = None,
             m.describe(teacher)
     seed_sets = config.seed_ranges()
     tune_schedules(cells, teacher, config.batch_size, console)
-    _check_existing(config, teacher, metrics, cells, seed_sets, console)
+    check_existing(config.results_dir, config.overwrite, teacher, metrics, cells, seed_sets, console)
     with Bars(console=console, enabled=distributed.is_main()) as progress:
         references, conditions = [], []
         ref = teacher.reference
@@ -285,127 +285,6 @@ def _common_fields(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
     }
 
 
-def _seed_pairs(seed_sets) -> list[list[int]]:
-    return [[s[0], s[-1]] for s in seed_sets]
-
-
-def _teacher_identity(teacher, metrics: list[Metric], seed_sets) -> Optional[dict[str, Any]]:
-    """What the teacher row's record must match to be reused; None when there is no teacher row."""
-    unpaired = sorted(m.name for m in metrics if not m.paired)
-    if not unpaired:
-        return None
-    return {"teacher_sha256": teacher.weights_sha256, "reference": teacher.reference.to_dict(),
-            "seeds": _seed_pairs(seed_sets), "metrics": unpaired}
-
-
-def _cell_identity(teacher, cell: Cell, metrics: list[Metric], seed_sets) -> dict[str, Any]:
-    """What a cell's record must match to be reused: the solve (teacher weights, solver
-    configuration and code) and its evaluation (seeds, metrics)."""
-    return {"teacher_sha256": teacher.weights_sha256, "solver_hash": cell.solver.config_hash(teacher),
-            "solver_code": cell.solver.code_sha256(),
-            "seeds": _seed_pairs(seed_sets), "metrics": sorted(m.name for m in metrics)}
-
-
-def _relation(existing: Optional[dict[str, Any]], identity: dict[str, Any]) -> str:
-    """How a stored record stands to the one a run would write: ``new`` (none stored), ``same``,
-    ``covers`` (the same solve evaluated on this run's seed sets, first, and more, on at least its
-    metrics), ``conflict`` (the same solve evaluated otherwise) or ``other`` (another solve: other
-    teacher weights, solver configuration or solver code, or no solver code recorded). A run
-    reuses ``same`` and ``covers`` and replaces nothing without ``--overwrite``."""
-    if existing is None:
-        return "new"
-    stored = existing.get("identity") or {}
-    if _difference(stored, identity):
-        return "other"
-    if stored == identity:
-        return "same"
-    seeds = identity["seeds"]
-    if stored["seeds"][: len(seeds)] == seeds and set(identity["metrics"]) <= set(stored["metrics"]):
-        return "covers"
-    return "conflict"
-
-
-def _describe_evaluation(identity: dict[str, Any]) -> str:
-    sets = identity["seeds"]
-    return (f"{len(sets)} seed set{'s' if len(sets) > 1 else ''} ({', '.join(f'{a}-{b}' for a, b in sets)}) "
-            f"and metrics {', '.join(identity['metrics'])}")
-
-
-def _difference(stored: dict[str, Any], identity: dict[str, Any]) -> str:
-    """What the solve of a stored record's ``identity`` was made with that this run's is not, in
-    words; '' when it is the same solve (it may be evaluated otherwise)."""
-    if stored.get("teacher_sha256") != identity["teacher_sha256"]:
-        return f"other teacher weights (sha256 {stored.get('teacher_sha256')}, now {identity['teacher_sha256']})"
-    if "solver_code" in identity and "solver_code" not in stored:
-        return ("solver code it does not name: it was written before gasbench recorded the sha256 of a "
-                "solver's code, so whether that code changed since is unknown")
-    if stored.get("solver_code") != identity.get("solver_code"):
-        return (f"other solver code (sha256 {stored['solver_code']}, now {identity['solver_code']}): the "
-                f"solver's source files changed since")
-    if any(stored.get(k) != v for k, v in identity.items() if k not in ("seeds", "metrics")):
-        return "another solver configuration" if "solver_hash" in identity else "another reference solver"
-    return ""
-
-
-def _conflict_error(conflicts: list[tuple[Path, dict, dict]]) -> GasbenchError:
-    """One message for the cells whose records a run would replace: the first such record made by
-    another solve if any (other code, weights, configuration), else the first evaluated otherwise."""
-    path, stored, identity = min(conflicts, key=lambda c: not _difference(c[1], c[2]))
-    other = _difference(stored, identity)
-    if other:
-        found = (f"{path.parent} already holds a record made with {other}" if len(conflicts) == 1 else
-                 f"{len(conflicts)} cells already hold records this run would not reproduce ({path.parent}: made "
-                 f"with {other})")
-    else:
-        evaluations = f"on {_describe_evaluation(stored)}, where this run asks for {_describe_evaluation(identity)}"
-        found = (f"{path.parent} already holds a record of the same teacher and solver evaluated {evaluations}"
-                 if len(conflicts) == 1 else
-                 f"{len(conflicts)} cells already hold records of the same teacher and solver evaluated otherwise "
-                 f"than this run asks ({path.parent} {evaluations})")
-    return GasbenchError(
-        f"{found}; gasbench does not replace a record silently. Pass --overwrite to recompute and replace it "
-        f"(trained solver states of the same configuration are reused), or --results-dir DIR to write elsewhere."
-    )
-
-
-def _check_existing(config: RunConfig, teacher, metrics: list[Metric], cells: list[Cell], seed_sets,
-                    console: Console) -> None:
-    """Before any work: stop if a cell holds a record this run would replace (:func:`_relation`:
-    ``conflict`` or ``other``; a damaged file, :func:`~gasbench.records.stored_record`), and say
-    how many records covering more than asked will be reused."""
-    if config.overwrite:
-        return
-    wanted = [(cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe), _cell_identity(teacher, cell, metrics, seed_sets))
-              for cell in cells]
-    teacher_identity = _teacher_identity(teacher, metrics, seed_sets)
-    if teacher_identity is not None:
-        wanted.append((cell_dir(config.results_dir, teacher.name, TEACHER_LABEL, teacher.reference.nfe), teacher_identity))
-    conflicts, covering = [], 0
-    for directory, identity in wanted:
-        existing = stored_record(directory / "metrics.json")
-        relation = _relation(existing, identity)
-        covering += relation == "covers"
-        if relation in ("conflict", "other"):
-            conflicts.append((directory / "metrics.json", existing.get("identity") or {}, identity))
-    if conflicts:
-        raise _conflict_error(conflicts)
-    if covering:
-        console.print(f"{covering} cell(s) already hold records over more seed sets or metrics than asked; they are "
-                      f"reused as they are (--overwrite recomputes them)")
-
-
-def _reusable(path: Path, identity: dict, overwrite: bool) -> Optional[dict[str, Any]]:
-    """The stored record if it answers ``identity`` (:func:`_relation`: the same, or covering it);
-    checked again under the cell's lock, as another process may have written it meanwhile."""
-    if overwrite:
-        return None
-    existing = stored_record(path)
-    relation = _relation(existing, identity)
-    if relation in ("conflict", "other"):
-        raise _conflict_error([(path, existing.get("identity") or {}, identity)])
-    return existing if relation in ("same", "covers") else None
-
-
 def _waiting(console: Console, directory: Path, what: str):
     """What a run prints when another process holds the lock of ``directory``."""
     return lambda: console.print(f"{directory}: another gasbench process is {what}; waiting for it")
@@ -423,14 +302,14 @@ def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
     """The teacher row (GAS Table 2's first row): its reference solver's samples scored with the
     distribution metrics; paired metrics would compare it with itself and are left out, so with
     no distribution metric there is no teacher row (None)."""
-    identity = _teacher_identity(teacher, metrics, seed_sets)
+    identity = teacher_identity(teacher, metrics, seed_sets)
     if identity is None:
         return None
     unpaired = [m for m in metrics if not m.paired]
     ref = teacher.reference
     out_dir = cell_dir(config.results_dir, teacher.name, TEACHER_LABEL, ref.nfe)
     with _cell_lock(out_dir, console):
-        existing = _reusable(out_dir / "metrics.json", identity, config.overwrite)
+        existing = reusable(out_dir / "metrics.json", identity, config.overwrite)
         if existing is not None:
             return existing
         evaluations = [Evaluation(reference, None, teacher, cond) for reference, cond in zip(references, conditions)]
@@ -451,8 +330,8 @@ def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
 def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, references, conditions, progress, overall) -> dict[str, Any]:
     out_dir = cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe)
     solver_config = cell.solver.resolved_config(teacher)
-    identity = _cell_identity(teacher, cell, metrics, seed_sets)
-    existing = _reusable(out_dir / "metrics.json", identity, config.overwrite)
+    identity = cell_identity(teacher, cell, metrics, seed_sets)
+    existing = reusable(out_dir / "metrics.json", identity, config.overwrite)
     if existing is not None:
         progress.update(overall, total=next(t.total for t in progress.tasks if t.id == overall) - 1)
         return existing
