@@ -313,3 +313,41 @@ def distributed_work(out: Path, fits: tuple[str, ...], fit_options: dict) -> Non
     except GasbenchError as exc:
         tensors["refused"] = torch.tensor("cannot be split over 2 processes" in str(exc))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"rank{rank}.safetensors"))
+
+
+def release_updates(model_fn, lam, alpha, std, t, y, a_diff, c_diff):
+    """The update loop of the GAS release's ``GeneralizedSolver.sample`` (src/gas/generalized_solver.py:
+    356-402) with theoretical guidance, in VP variables: order N = steps (main.py:71-72), so update
+    ``step`` has order min(step, 3) with no lower final order; a{i}_diff / c{i}_diff[n] are
+    ``a_diff`` / ``c_diff``[n, i - 1]. ``model_fn(y, n)`` is its data prediction at point n; starts
+    from ``y`` at t[0] and returns y at t[N]."""
+    steps = len(t) - 1
+    ys, ms = [y], [model_fn(y, 0)]
+    for step in range(1, steps + 1):
+        p, tn, tp = step - 1, t[step], t[:step]
+        h = lam(tn) - lam(tp[-1])
+        phi_1, a_ii, alpha_t = torch.expm1(-h), std(tn) / std(tp[-1]), alpha(tn)
+        a1, c1 = a_ii + a_diff[p, 0], alpha_t * phi_1 + c_diff[p, 0]
+        if step == 1:  # first_update
+            y = a1 * y - c1 * ms[-1]
+        elif step == 2:  # second_update
+            r0 = (lam(tp[-1]) - lam(tp[-2])) / h
+            d1_0 = (1.0 / r0) * (ms[-1] - ms[-2])
+            c2 = 0.5 * (alpha_t * phi_1) + c_diff[p, 1]
+            y = a1 * y - c1 * ms[-1] - c2 * d1_0 + a_diff[p, 1] * ys[-2]
+        else:  # unbound_update
+            r0, r1 = (lam(tp[-1]) - lam(tp[-2])) / h, (lam(tp[-2]) - lam(tp[-3])) / h
+            d1_0, d1_1 = (1.0 / r0) * (ms[-1] - ms[-2]), (1.0 / r1) * (ms[-2] - ms[-3])
+            d1, d2 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (1.0 / (r0 + r1)) * (d1_0 - d1_1)
+            phi_2 = phi_1 / h + 1.0
+            phi_3 = phi_2 / h - 0.5
+            c2, c3 = alpha_t * phi_2 + c_diff[p, 1], alpha_t * phi_3 + c_diff[p, 2]
+            y = a1 * y - c1 * ms[-1] + c2 * d1 - c3 * d2
+            for i in range(4, step + 1):
+                y = y + c_diff[p, i - 1] * ms[-i]
+            for i in range(2, step + 1):
+                y = y + a_diff[p, i - 1] * ys[-i]
+        if step == steps:
+            return y
+        ys.append(y)
+        ms.append(model_fn(y, step))

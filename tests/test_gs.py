@@ -13,6 +13,7 @@ from gasbench.sampling import sample_seeds
 from gasbench.solvers.executor import LinComb, execute, trace
 from gasbench.solvers.gs import derivative_basis, inverse_stick_breaking, stick_breaking_times
 from gasbench.solvers.handcrafted import dpmpp_update
+from helpers import release_updates
 
 FAST = {"iterations": 60, "batch_size": 16, "lr": 1e-2}
 
@@ -214,36 +215,7 @@ def release_gs(denoise, time, t, xi, a_diff, c_diff, y, evaluation="release"):
             return denoise(y / alpha(t[n]), edm_sigma(t[n] + xi[n]))
         return (y - std(t[n]) * noise(y, t[n] + xi[n])) / alpha(t[n])
 
-    steps = len(t) - 1
-    ys, ms = [y], [model_fn(y, 0)]
-    for step in range(1, steps + 1):
-        p, tn, tp = step - 1, t[step], t[:step]
-        h = lam(tn) - lam(tp[-1])
-        phi_1, a_ii, alpha_t = torch.expm1(-h), std(tn) / std(tp[-1]), alpha(tn)
-        a1, c1 = a_ii + a_diff[p, 0], alpha_t * phi_1 + c_diff[p, 0]
-        if step == 1:  # first_update
-            y = a1 * y - c1 * ms[-1]
-        elif step == 2:  # second_update
-            r0 = (lam(tp[-1]) - lam(tp[-2])) / h
-            d1_0 = (1.0 / r0) * (ms[-1] - ms[-2])
-            c2 = 0.5 * (alpha_t * phi_1) + c_diff[p, 1]
-            y = a1 * y - c1 * ms[-1] - c2 * d1_0 + a_diff[p, 1] * ys[-2]
-        else:  # unbound_update
-            r0, r1 = (lam(tp[-1]) - lam(tp[-2])) / h, (lam(tp[-2]) - lam(tp[-3])) / h
-            d1_0, d1_1 = (1.0 / r0) * (ms[-1] - ms[-2]), (1.0 / r1) * (ms[-2] - ms[-3])
-            d1, d2 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (1.0 / (r0 + r1)) * (d1_0 - d1_1)
-            phi_2 = phi_1 / h + 1.0
-            phi_3 = phi_2 / h - 0.5
-            c2, c3 = alpha_t * phi_2 + c_diff[p, 1], alpha_t * phi_3 + c_diff[p, 2]
-            y = a1 * y - c1 * ms[-1] + c2 * d1 - c3 * d2
-            for i in range(4, step + 1):
-                y = y + c_diff[p, i - 1] * ms[-i]
-            for i in range(2, step + 1):
-                y = y + a_diff[p, i - 1] * ys[-i]
-        if step == steps:
-            return y
-        ys.append(y)
-        ms.append(model_fn(y, step))
+    return release_updates(model_fn, lam, alpha, std, t, y, a_diff, c_diff)
 
 
 def random_gs(gmm, nfe, *, scale=1.0, xi=True, seed=0, **options):

@@ -19,7 +19,7 @@ from gasbench.teachers.base import ReferenceSolver, Teacher
 from gasbench.teachers.diffusers_teacher import DiscreteVPSchedule
 from gasbench.teachers.gmm import GaussianMixtureTeacher
 from gasbench.teachers.release import RELEASE_STUDENT_T_EPS, load_release_teacher_data, release_noise
-from helpers import Payload
+from helpers import Payload, release_updates
 
 BETA_0, BETA_1 = 0.1, 20.0  # the release's NoiseScheduleVP('linear') for EDM networks
 
@@ -71,32 +71,7 @@ def release_sample(noise_fn, log_alpha, noise, mu_logit, t_couple, a_diff, c_dif
     def model_fn(x, n):  # GeneralizedSolver.model_fn: decoupled call, data prediction at the undecoupled t
         return (x - std(t[n]) * noise_fn(x, t[n] + t_couple[n])) / alpha(t[n])
 
-    steps, x = len(t_couple), noise
-    xs, ms = [x], [model_fn(x, 0)]
-    for step in range(1, steps + 1):
-        s, tn, tp = step - 1, t[step], t[:step]
-        h = lam(tn) - lam(tp[-1])
-        phi_1, a_ii, al = torch.expm1(-h), std(tn) / std(tp[-1]), alpha(tn)
-        a1, c1 = a_ii + a_diff[s, 0], al * phi_1 + c_diff[s, 0]
-        if step == 1:
-            x = a1 * x - c1 * ms[-1]
-        elif step == 2:
-            r0 = (lam(tp[-1]) - lam(tp[-2])) / h
-            d1_0 = (ms[-1] - ms[-2]) / r0
-            x = a1 * x - c1 * ms[-1] - (0.5 * al * phi_1 + c_diff[s, 1]) * d1_0 + a_diff[s, 1] * xs[-2]
-        else:
-            r0, r1 = (lam(tp[-1]) - lam(tp[-2])) / h, (lam(tp[-2]) - lam(tp[-3])) / h
-            d1_0, d1_1 = (ms[-1] - ms[-2]) / r0, (ms[-2] - ms[-3]) / r1
-            d1, d2 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
-            phi_2 = phi_1 / h + 1
-            phi_3 = phi_2 / h - 0.5
-            x = a1 * x - c1 * ms[-1] + (al * phi_2 + c_diff[s, 1]) * d1 - (al * phi_3 + c_diff[s, 2]) * d2
-            x = x + sum(c_diff[s, i - 1] * ms[-i] for i in range(4, step + 1))
-            x = x + sum(a_diff[s, i - 1] * xs[-i] for i in range(2, step + 1))
-        if step == steps:
-            return x
-        xs.append(x)
-        ms.append(model_fn(x, step))
+    return release_updates(model_fn, lam, alpha, std, t, noise, a_diff, c_diff)
 
 
 def stored_student(path):
