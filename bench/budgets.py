@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SOLVERS
 
 BUDGETS = ("cpu", "paper", "matched")
 DEFAULT_REFERENCE = "gs"
@@ -48,7 +48,7 @@ def budget_options(cls, budget: str, teacher, nfe: int, reference: str = DEFAULT
 def budget_rows(teacher, nfe: int, reference: str = DEFAULT_REFERENCE) -> list[dict[str, Any]]:
     """Every learned method of the default run under each budget on ``teacher`` at ``nfe``: the
     numbers ``gasbench budgets`` prints (the one place the budgets are stated)."""
-    from gasbench.seeds import SPLIT_SIZES
+    from gasbench.core.seeds import SPLIT_SIZES
 
     rows = []
     for entry in SOLVERS:

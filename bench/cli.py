@@ -14,12 +14,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from gasbench import distributed
+from gasbench.core import distributed
 from gasbench.budgets import BUDGETS, DEFAULT_REFERENCE
 from gasbench.cli_common import PluginOption, console, err_console, load_plugins, parse_ints, split_list
 from gasbench.cli_tools import bench_app, data_app, teacher_app
-from gasbench.errors import GasbenchError
-from gasbench.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS
 from gasbench.teachers.load import load_teacher
 
 # typer >= 0.24 vendors its own click: its usage errors are not click's classes
@@ -306,7 +306,7 @@ def teachers(
     plugin: Optional[list[str]] = PluginOption,
 ):
     """The registered teachers, the weights each needs, whether they are present, and where they are looked for."""
-    from gasbench.weights import sha256_of, weights_dir
+    from gasbench.core.weights import sha256_of, weights_dir
 
     load_plugins(plugin)
     out = Table(title=f"teachers (weights looked for in: --weights PATH, then {weights_dir()}, then the URL when online)",

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import import_plugin
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import import_plugin
 
 
 def _width(stream) -> Optional[int]:

@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from gasbench.cli_common import console, parse_ints, split_list
-from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS, TEACHERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SOLVERS, TEACHERS
 from gasbench.teachers.load import load_teacher
 
 teacher_app = typer.Typer(help="Train or inspect teachers.")
@@ -32,7 +32,7 @@ def teacher_train(
     import torch
 
     from gasbench.teachers import training
-    from gasbench.weights import sha256_of
+    from gasbench.core.weights import sha256_of
 
     if name not in training.RECIPES:
         raise GasbenchError(f"no trainer for teacher '{name}'; trainable: {', '.join(training.RECIPES)}.")
@@ -55,7 +55,7 @@ def teacher_train_classifier(
     import torch
 
     from gasbench.teachers import classifier
-    from gasbench.weights import sha256_of
+    from gasbench.core.weights import sha256_of
 
     if name not in classifier.CLASSIFIER_RECIPES:
         raise GasbenchError(f"no classifier recipe for '{name}'; trainable: {', '.join(classifier.CLASSIFIER_RECIPES)}.")

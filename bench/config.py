@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 
 # YAML key -> (RunConfig field, expected type description)
 KEYS = {

@@ -37,7 +37,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
 import gasbench
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 from gasbench.solvers.cells import load_cell
 from gasbench.solvers.executor import AdaptiveTable, Table
 from gasbench.teachers.diffusers_teacher import DiscreteVPSchedule, EDMSchedule, FlowMatchSchedule, NoiseSchedule

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from gasbench import distributed
-from gasbench.errors import GasbenchError
-from gasbench.records import write_atomic
-from gasbench.weights import gasbench_home, real_images_dir
+from gasbench.core import distributed
+from gasbench.core.errors import GasbenchError
+from gasbench.core.records import write_atomic
+from gasbench.core.weights import gasbench_home, real_images_dir
 
 # clean-fid uses a dataset's full training set; Inception runs at a few images per second on a
 # CPU, so built-in teachers' FID reference uses at most this many real images (recorded).

@@ -31,9 +31,9 @@ from cleanfid import fid as cleanfid_fid
 from cleanfid.downloads_helper import inception_url as CLEANFID_URL
 from cleanfid.resize import build_resizer
 
-from gasbench.errors import GasbenchError
-from gasbench.records import write_atomic
-from gasbench.weights import gasbench_home, pip_download, sha256_of, verify_weights
+from gasbench.core.errors import GasbenchError
+from gasbench.core.records import write_atomic
+from gasbench.core.weights import gasbench_home, pip_download, sha256_of, verify_weights
 
 FID_NETWORK_NAME = "inception-v3-fid-2015-12-05"
 FEATURE_DIM = 2048

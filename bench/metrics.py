@@ -24,9 +24,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 from gasbench.features import domain_space, feature_space
-from gasbench.registry import METRICS, register_metric
+from gasbench.core.registry import METRICS, register_metric
 
 # Which value of a metric is best: the lowest, the highest, or the teacher's own (its row in the
 # tables). Precision, recall, density and coverage score samples against real images (Naeem et al.
@@ -142,7 +142,7 @@ LPIPS_RESIZE = 224  # GAS upsamples to 224 for LPIPS; AlexNet's stride-4 stem al
 
 def _lpips(net: str):
     def compute(evaluation: Evaluation) -> float:
-        from gasbench.lpips_metric import lpips_distance
+        from gasbench.core.lpips_metric import lpips_distance
 
         model = lpips_model(net)[0]
         distances = lpips_distance(evaluation.decoded(), evaluation.decoded_reference(), model, resize_to=LPIPS_RESIZE)
@@ -156,7 +156,7 @@ def _lpips(net: str):
 
 @lru_cache(maxsize=2)
 def lpips_model(net: str):
-    from gasbench.lpips_metric import load_lpips
+    from gasbench.core.lpips_metric import load_lpips
 
     return load_lpips(net)
 

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from gasbench.registry import SOLVERS
-from gasbench.seeds import noise_and_conditions
+from gasbench.core.registry import SOLVERS
+from gasbench.core.seeds import noise_and_conditions
 from gasbench.solvers.executor import ExecutionStats, execute
 
 

@@ -79,7 +79,7 @@ from typing import Optional
 
 import pandas as pd
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.csv")
 PAPERS = {"gas": "GAS", "s4s": "S4S", "dlms": "DLMS"}

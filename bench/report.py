@@ -21,8 +21,8 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from gasbench.errors import GasbenchError
-from gasbench.records import TEACHER_LABEL, cell_dir, iter_records, write_atomic
+from gasbench.core.errors import GasbenchError
+from gasbench.core.records import TEACHER_LABEL, cell_dir, iter_records, write_atomic
 from gasbench.tables import (COSTS, _shown, arrow_text, default_metrics, direction_of, leaderboard, load_frame,
                              unranked_note, with_schedules)
 
@@ -172,7 +172,7 @@ def _learned_cells(results_dir: Path, teacher: str, records: list[dict]) -> tupl
 def _schedule_figure(cells: dict, styles: dict[str, dict[str, Any]]):
     """Per NFE, the noise level of each denoiser evaluation: learned solvers against the
     handcrafted schedules (whose first NFE points a one-evaluation-per-step solver evaluates at)."""
-    from gasbench.registry import SCHEDULES
+    from gasbench.core.registry import SCHEDULES
     from gasbench.solvers.schedules import make_sigmas
 
     nfes = sorted({nfe for _, nfe in cells})

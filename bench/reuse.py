@@ -14,9 +14,9 @@ from typing import Any, Optional
 
 from rich.console import Console
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 from gasbench.metrics import Metric
-from gasbench.records import TEACHER_LABEL, cell_dir, stored_record
+from gasbench.core.records import TEACHER_LABEL, cell_dir, stored_record
 
 
 def _seed_pairs(seed_sets) -> list[list[int]]:
@@ -105,7 +105,7 @@ def _conflict_error(conflicts: list[tuple[Path, dict, dict]]) -> GasbenchError:
 def check_existing(results_dir: Path, overwrite: bool, teacher, metrics: list[Metric], cells, seed_sets,
                    console: Console) -> None:
     """Before any work: stop if a cell holds a record this run would replace (:func:`relation`:
-    ``conflict`` or ``other``; a damaged file, :func:`~gasbench.records.stored_record`), and say
+    ``conflict`` or ``other``; a damaged file, :func:`~gasbench.core.records.stored_record`), and say
     how many records covering more than asked will be reused."""
     if overwrite:
         return

@@ -9,7 +9,7 @@ run before any work (``--overwrite`` replaces it): the same solve evaluated on o
 metrics, one made with other teacher weights, solver configuration or solver code (the sha256 of its
 source files, :meth:`~gasbench.solvers.base.Solver.code_sha256`; records from before it was recorded
 count as other code), or a file that is no readable record.
-Each cell is computed under a file lock (:mod:`gasbench.locks`), so runs sharing a results
+Each cell is computed under a file lock (:mod:`gasbench.core.locks`), so runs sharing a results
 directory wait for each other's cells instead of computing them twice.
 """
 
@@ -30,13 +30,13 @@ from rich.console import Console
 from rich.progress import Progress
 
 import gasbench
-from gasbench import distributed, locks
+from gasbench.core import distributed, locks
 from gasbench.budgets import DEFAULT_REFERENCE, budget_options
-from gasbench.errors import GasbenchError
-from gasbench.faults import fault_point
-from gasbench.images import save_grid
+from gasbench.core.errors import GasbenchError
+from gasbench.core.faults import fault_point
+from gasbench.core.images import save_grid
 from gasbench.metrics import Evaluation, Metric, get_metric
-from gasbench.records import (
+from gasbench.core.records import (
     SCHEMA_VERSION,
     TEACHER_LABEL,
     cell_dir,
@@ -44,18 +44,18 @@ from gasbench.records import (
     ensure_writable,
     write_json_atomic,
 )
-from gasbench.progress import Bars
-from gasbench.registry import SOLVERS
+from gasbench.core.progress import Bars
+from gasbench.core.registry import SOLVERS
 from gasbench.reuse import cell_identity, check_existing, reusable, teacher_identity
 from gasbench.sampling import AUTO_BATCH, auto_batch_size, sample_seeds
-from gasbench.seeds import SPLIT_STARTS
+from gasbench.core.seeds import SPLIT_STARTS
 from gasbench.solvers.executor import ExecutionStats, Table
 from gasbench.solvers.learned import STATE_FILE
 from gasbench.teachers.load import load_teacher
 from gasbench.trajectories import TrajectoryCache
 from gasbench.tuning import tune_schedules, wants_tuning
 from gasbench.verify import environment, sample_checksums
-from gasbench.weights import sha256_of
+from gasbench.core.weights import sha256_of
 
 GRID_SIZE = 64
 MAX_NFE = 1000  # (NFE, NFE) coefficient tables of a few MB; the references use NFE <= 50
@@ -190,7 +190,7 @@ def run(config: RunConfig, console: Optional[Console] = None,
     seconds this call spent per method (training data, training and sampling; reused cells
     cost nothing) and on the teacher's reference solutions.
 
-    Launched by torchrun, the processes share the work (:mod:`gasbench.distributed`) and write
+    Launched by torchrun, the processes share the work (:mod:`gasbench.core.distributed`) and write
     the same records as one process; only rank 0 writes files and reports progress."""
     distributed.init_from_env()
     if config.threads is not None:
@@ -293,7 +293,7 @@ def _waiting(console: Console, directory: Path, what: str):
 def _cell_lock(directory: Path, console: Console):
     """The lock of a result cell: another `gasbench run` on the same directory waits for this one
     to finish the cell (record, grid, learned state and fit checkpoint), then reuses its record
-    (:mod:`gasbench.locks`)."""
+    (:mod:`gasbench.core.locks`)."""
     return locks.exclusive(directory, on_wait=_waiting(console, directory, "computing this cell"))
 
 

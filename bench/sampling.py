@@ -1,6 +1,6 @@
 """Batched sampling through the executor, each sample from its own seed's noise
-(:func:`gasbench.seeds.noise_and_conditions`). Under torchrun the batches are split over the
-processes (:mod:`gasbench.distributed`).
+(:func:`gasbench.core.seeds.noise_and_conditions`). Under torchrun the batches are split over the
+processes (:mod:`gasbench.core.distributed`).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Callable, Optional
 
 import torch
 
-from gasbench import distributed
-from gasbench.faults import fault_point
-from gasbench.seeds import noise_and_conditions
+from gasbench.core import distributed
+from gasbench.core.faults import fault_point
+from gasbench.core.seeds import noise_and_conditions
 from gasbench.solvers.executor import ExecutionStats, Table, execute
 
 

@@ -27,10 +27,10 @@ from typing import Optional
 
 import pandas as pd
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 from gasbench.metrics import get_metric
 from gasbench.paper import base_method, paper_numbers
-from gasbench.records import TEACHER_LABEL, iter_records
+from gasbench.core.records import TEACHER_LABEL, iter_records
 
 FORMATS = ("markdown", "latex", "csv")
 # What a cell cost, recorded with it and tabled like a metric (lower is better): the learned
@@ -146,7 +146,7 @@ def _shown(means: pd.DataFrame, stds: pd.DataFrame, direction: str, bold) -> pd.
 
 def default_metrics(teacher: str) -> tuple[str, ...]:
     """The metrics `gasbench run` records for ``teacher`` when none are named."""
-    from gasbench.registry import TEACHERS
+    from gasbench.core.registry import TEACHERS
     from gasbench.teachers.base import Teacher
 
     try:
@@ -345,7 +345,7 @@ def write_into(document: Path, text: str, block: str | None = None) -> None:
     """Replace what stands between the leaderboard markers of ``document`` with ``text``:
     ``<!-- gasbench-table:start -->`` ... ``<!-- gasbench-table:end -->``, or for a named
     ``block`` ``<!-- gasbench-table:NAME:start -->`` ... ``<!-- gasbench-table:NAME:end -->``."""
-    from gasbench.records import write_atomic
+    from gasbench.core.records import write_atomic
 
     name = f":{block}" if block else ""
     start_marker, end_marker = MARKER.format(name=name, end="start"), MARKER.format(name=name, end="end")

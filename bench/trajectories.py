@@ -24,14 +24,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from gasbench import distributed, locks
-from gasbench.errors import GasbenchError
-from gasbench.faults import fault_point
-from gasbench.records import write_atomic, write_json_atomic
-from gasbench.registry import SOLVERS
-from gasbench.seeds import SPLIT_ENDS, SPLIT_SIZES, SPLIT_STARTS, noise_and_conditions
+from gasbench.core import distributed, locks
+from gasbench.core.errors import GasbenchError
+from gasbench.core.faults import fault_point
+from gasbench.core.records import write_atomic, write_json_atomic
+from gasbench.core.registry import SOLVERS
+from gasbench.core.seeds import SPLIT_ENDS, SPLIT_SIZES, SPLIT_STARTS, noise_and_conditions
 from gasbench.solvers.executor import execute
-from gasbench.weights import gasbench_home
+from gasbench.core.weights import gasbench_home
 
 CACHE_VERSION = 2
 TENSORS = ("seeds", "noise", "x0")

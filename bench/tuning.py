@@ -3,7 +3,7 @@
 A cell asked for with schedule ``tuned`` (``gasbench run --schedule tuned``, ``--solver-arg
 schedule=tuned``, or a method's own ``schedule: tuned`` in ``--config``) tries every registered
 schedule that has that many steps (GITS lists 4-8 only) on the validation split's seeds
-(:data:`~gasbench.seeds.SPLIT_STARTS`: 40,000 on, never an evaluation seed) and scores each by
+(:data:`~gasbench.core.seeds.SPLIT_STARTS`: 40,000 on, never an evaluation seed) and scores each by
 its RMSE to the teacher's reference solutions of those seeds, the trajectory cache the learned solvers
 validate on. The lowest score wins (a tie: the first registered schedule); the cell then runs and
 records that schedule as its ``schedule``, and its record keeps the scores behind the choice
@@ -19,9 +19,9 @@ from typing import Any
 
 from rich.console import Console
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 from gasbench.metrics import Evaluation, get_metric
-from gasbench.registry import SCHEDULES
+from gasbench.core.registry import SCHEDULES
 from gasbench.sampling import sample_seeds
 from gasbench.trajectories import TrajectoryCache
 

@@ -24,13 +24,13 @@ from typing import Any, Optional
 
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.records import TEACHER_LABEL, read_record
-from gasbench.registry import SOLVERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.records import TEACHER_LABEL, read_record
+from gasbench.core.registry import SOLVERS
 from gasbench.sampling import sample_seeds
 from gasbench.teachers.load import load_teacher
 from gasbench.trajectories import TrajectoryCache
-from gasbench.weights import sha256_of
+from gasbench.core.weights import sha256_of
 
 CHECKED_SEEDS = 16  # per-sample checksums kept in a record (the first seeds of its first seed set)
 SEED_DIGEST = 16  # hex digits of a sample's sha256 kept: 64 bits tell a changed sample

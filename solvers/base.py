@@ -20,8 +20,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SOLVERS
 from gasbench.solvers.executor import SolverTable, trace
 from gasbench.solvers.schedules import PaperSchedule, make_sigmas
 

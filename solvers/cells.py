@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS, TEACHERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SOLVERS, TEACHERS
 from gasbench.solvers.base import Solver
 from gasbench.solvers.learned import CONFIG_FILE
 

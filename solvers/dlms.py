@@ -68,8 +68,8 @@ from typing import Iterator
 
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import register_solver
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import register_solver
 from gasbench.solvers.dlms_designer import FEATURE_UNITS, PORTION_EPS, TIME_CHANNELS, Designer, DLMSTable, multistep
 from gasbench.solvers.executor import PerSampleTable, execute
 from gasbench.solvers.handcrafted import ADAMS_BASHFORTH
@@ -290,7 +290,7 @@ class DLMSSolver(LearnedSolver):
         """Per evaluation, means over the first ``samples`` validation seeds: the integration
         sigma_n, the time scale s_n, the evaluation sigma s_n sigma_n, its spread over samples
         (std), and the coefficients a_k of the update that follows."""
-        from gasbench.seeds import SPLIT_STARTS, noise_and_conditions
+        from gasbench.core.seeds import SPLIT_STARTS, noise_and_conditions
 
         noise, cond = noise_and_conditions(teacher, list(range(SPLIT_STARTS["validation"], SPLIT_STARTS["validation"] + samples)))
         table = self.table_from(params, teacher, nfe)

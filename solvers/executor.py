@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 
 Scalar = Union[float, torch.Tensor]
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -26,11 +26,11 @@ from typing import Any, Optional, Union
 import torch
 from rich.progress import Progress, TextColumn
 
-from gasbench import distributed
-from gasbench.errors import GasbenchError
-from gasbench.faults import fault_point
-from gasbench.progress import Bars
-from gasbench.records import write_atomic
+from gasbench.core import distributed
+from gasbench.core.errors import GasbenchError
+from gasbench.core.faults import fault_point
+from gasbench.core.progress import Bars
+from gasbench.core.records import write_atomic
 from gasbench.teachers.base import NetworkPasses
 
 CHECKPOINT_FORMAT = "gasbench.learned_solver_checkpoint.v2"

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from gasbench import distributed
-from gasbench.registry import register_solver
+from gasbench.core import distributed
+from gasbench.core.registry import register_solver
 from gasbench.solvers.discriminator import CompactDiscriminator
 from gasbench.solvers.gs import GeneralizedSolver
 from gasbench.solvers.r3gan import (LATENT_LAYOUT, PRETRAINED, R3GANDiscriminator, load_r3gan_discriminator,

@@ -69,8 +69,8 @@ from typing import Any
 
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import register_solver
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import register_solver
 from gasbench.solvers.executor import LinComb, SolverTable, trace
 from gasbench.solvers.handcrafted import dpmpp_update, step_order
 from gasbench.solvers.learned import LOSSES, TRAINING_OPTIONS, LearnedSolver

@@ -43,8 +43,8 @@ import math
 
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS, register_solver
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SOLVERS, register_solver
 from gasbench.solvers.executor import SolverTable, per_sample, trace
 from gasbench.solvers.learned import LOSSES, TRAINING_OPTIONS, LearnedSolver, distillation_loss, project_to_ball
 from gasbench.solvers.schedules import make_sigmas

@@ -27,9 +27,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch.utils.checkpoint import checkpoint
 
-from gasbench import distributed
-from gasbench.errors import GasbenchError
-from gasbench.records import write_atomic
+from gasbench.core import distributed
+from gasbench.core.errors import GasbenchError
+from gasbench.core.records import write_atomic
 from gasbench.solvers.base import Solver
 from gasbench.solvers.executor import AdaptiveTable, SolverTable, Table, execute, per_sample
 from gasbench.solvers.fit import FitResult, fit
@@ -57,7 +57,7 @@ TRAINING_OPTIONS = {
 
 @lru_cache(maxsize=1)
 def _lpips_vgg():
-    from gasbench.lpips_metric import load_lpips
+    from gasbench.core.lpips_metric import load_lpips
 
     return load_lpips("vgg")[0]
 
@@ -69,7 +69,7 @@ def distillation_loss(name: str, student: torch.Tensor, target: torch.Tensor, te
     if name == "l2":
         return (student - target).pow(2).mean()
     if name == "lpips-vgg":
-        from gasbench.lpips_metric import lpips_distance
+        from gasbench.core.lpips_metric import lpips_distance
 
         return lpips_distance(teacher.decode(student), teacher.decode(target), _lpips_vgg(), resize_to=224).mean()
     raise GasbenchError(f"unknown distillation loss {name!r}; choose one of {', '.join(LOSSES)}.")
@@ -296,7 +296,7 @@ class LearnedSolver(Solver):
         and at the end; an existing checkpoint of the same configuration is resumed (the budget
         may have grown), one of another configuration is an error.
 
-        Under torchrun (:mod:`gasbench.distributed`) every process draws the same batch, trains on
+        Under torchrun (:mod:`gasbench.core.distributed`) every process draws the same batch, trains on
         its contiguous slice, and the gradients are averaged over the whole batch before clipping,
         so all processes keep the same parameters, equal to a single-process fit's up to the
         floating-point summation order; only rank 0 writes checkpoints. The validation losses are

@@ -6,7 +6,7 @@ at three-quarter width from scratch for latent teachers (GAS Appendix D.4; the r
 ``src/gas/adversarial_module/load_discriminator.py:19-56``). This module is our implementation
 of that architecture with the parameter names of R3GAN's release (``Model.`` +
 ``ExtractionLayer``, ``MainLayers.i.Layers.j.LinearLayer1`` ...), so the release's pickles load into
-it through :mod:`gasbench.safe_pickle` without running their code; the stage layout is read
+it through :mod:`gasbench.core.safe_pickle` without running their code; the stage layout is read
 from the tensor shapes. Forward pass as the release's reference path (no fused CUDA ops):
 leaky ReLU 0.2 after a learned bias, [1, 3, 3, 1] low-pass before each 2x downsampling, a 4x4
 depthwise "basis" and a linear layer.
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gasbench.errors import GasbenchError
-from gasbench.weights import WeightsSource, offline, resolve_weights, weights_dir
+from gasbench.core.errors import GasbenchError
+from gasbench.core.weights import WeightsSource, offline, resolve_weights, weights_dir
 
 LEAK = 0.2
 ACTIVATION_GAIN = math.sqrt(2 / (1 + LEAK**2))
@@ -213,7 +213,7 @@ def load_r3gan_discriminator(path: Path) -> R3GANDiscriminator:
     by the constant 1 as GAS's release does (``load_discriminator.py:36-37``). Module names are
     admitted in the release's spelling and in the older ``BaselineGAN.`` one that R3GAN's
     ``legacy.py:69-72`` (and GAS's copy, ``legacy.py:38-41``) rename."""
-    from gasbench.safe_pickle import ModuleRecord, flat_state_dict, load_network_pickle
+    from gasbench.core.safe_pickle import ModuleRecord, flat_state_dict, load_network_pickle
 
     path = Path(path)
     if not path.is_file():
@@ -236,7 +236,7 @@ def load_r3gan_discriminator(path: Path) -> R3GANDiscriminator:
 
 def pretrained_discriminator_file(teacher: str) -> Path:
     """The R3GAN checkpoint GAS fine-tunes for ``teacher`` (:data:`PRETRAINED`), found in
-    :func:`~gasbench.weights.weights_dir` or downloaded there by :func:`~gasbench.weights.resolve_weights`."""
+    :func:`~gasbench.core.weights.weights_dir` or downloaded there by :func:`~gasbench.core.weights.resolve_weights`."""
     source = PRETRAINED.get(teacher)
     if source is None:
         raise GasbenchError(

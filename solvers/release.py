@@ -24,9 +24,9 @@ from typing import Any, ClassVar, Optional, Union
 
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.records import cell_dir
-from gasbench.registry import register_solver
+from gasbench.core.errors import GasbenchError
+from gasbench.core.records import cell_dir
+from gasbench.core.registry import register_solver
 from gasbench.solvers.executor import AdaptiveRun, AdaptiveTable, SolverTable, trace
 from gasbench.solvers.gs import PORTION_EPS, derivative_basis
 from gasbench.solvers.handcrafted import dpmpp_update

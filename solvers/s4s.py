@@ -54,8 +54,8 @@ from pathlib import Path
 
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import register_solver
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import register_solver
 from gasbench.solvers.executor import LinComb, SolverTable, trace
 from gasbench.solvers.handcrafted import ADAMS_BASHFORTH, dpmpp_update, step_order, unipc_update
 from gasbench.solvers.ld3 import LD3, SPACES, WINDOWS_FROM, LearnedStepsMixin, learned_step_count, start_radius_ld3

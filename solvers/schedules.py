@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import SCHEDULES, register_schedule
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SCHEDULES, register_schedule
 
 
 def _time_polynomial(steps: int, teacher, rho: float) -> torch.Tensor:

@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.weights import WeightsSource
+from gasbench.core.errors import GasbenchError
+from gasbench.core.weights import WeightsSource
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,8 @@ class Teacher(ABC):
         description of where they come from: the user's reference set (``gasbench run
         --reference-images``, else ``REAL_IMAGES`` in ``$GASBENCH_HOME/real_images``), else None.
         Teachers with their own data override this."""
-        from gasbench.images import read_image_set
-        from gasbench.weights import real_images_dir
+        from gasbench.core.images import read_image_set
+        from gasbench.core.weights import real_images_dir
 
         path = self.reference_images
         if path is None and self.REAL_IMAGES:

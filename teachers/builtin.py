@@ -13,10 +13,10 @@ from typing import Optional
 import torch
 from safetensors import SafetensorError
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import register_teacher
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import register_teacher
 from gasbench.teachers.base import ReferenceSolver, Teacher
-from gasbench.weights import verify_weights
+from gasbench.core.weights import verify_weights
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -73,7 +73,7 @@ class BuiltinTeacher(NetworkTeacher):
             verify_weights(self.WEIGHTS, self.WEIGHTS_SHA256, f"Reinstall gasbench or rebuild them with {rebuild}.")
             super().__init__(load_network(self.WEIGHTS), self.WEIGHTS_SHA256)
         else:
-            from gasbench.weights import sha256_of
+            from gasbench.core.weights import sha256_of
 
             super().__init__(self._users_network(Path(weights)), sha256_of(weights))
 

@@ -24,8 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
-from gasbench.records import write_atomic
-from gasbench.weights import verify_weights
+from gasbench.core.records import write_atomic
+from gasbench.core.weights import verify_weights
 
 from .datasets import load_digits_tensor, load_fashion_tensor
 from .training import training_progress_bar

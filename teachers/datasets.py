@@ -16,8 +16,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.weights import sha256_of
+from gasbench.core.errors import GasbenchError
+from gasbench.core.weights import sha256_of
 
 DIGITS_MAX_INTENSITY = 16.0
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -33,10 +33,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 from gasbench.solvers.executor import per_sample
 from gasbench.teachers.base import ReferenceSolver, Teacher
-from gasbench.weights import sha256_of
+from gasbench.core.weights import sha256_of
 
 # UniPC-3 on logSNR, GAS Table 17's pixel-space teacher solver, at NFE 50 as the built-in
 # teachers use (20 in the paper): a diffusers model of unknown smoothness gets the margin.

@@ -12,7 +12,7 @@ The modules below are gasbench's own code. Their parameter and buffer names are 
 release (``model.enc.32x32_conv.weight``, ``model.dec.32x32_aux_conv.weight``,
 ``...resample_filter``), so a release state dict loads with ``strict=True``. The release pickles
 carry the source of EDM's ``training/networks.py`` and run it when unpickled; :func:`load_edm_pickle`
-never does: it reads them with :mod:`gasbench.safe_pickle`, admits only the class names below,
+never does: it reads them with :mod:`gasbench.core.safe_pickle`, admits only the class names below,
 rebuilds the network from the recorded constructor arguments and converts it once to safetensors.
 """
 
@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import register_teacher
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import register_teacher
 from gasbench.teachers.base import ReferenceSolver, Teacher, VPLinearTime
-from gasbench.weights import WeightsSource, converted_weights, resolve_weights, sha256_of
+from gasbench.core.weights import WeightsSource, converted_weights, resolve_weights, sha256_of
 
 # --- layers --------------------------------------------------------------------------------------
 
@@ -406,7 +406,7 @@ def _class_name(record: Any) -> str:
 
 def _records(obj: Any):
     """Every module record reachable from ``obj`` (each once, whatever the pickle shares)."""
-    from gasbench.safe_pickle import ModuleRecord
+    from gasbench.core.safe_pickle import ModuleRecord
 
     stack, seen = [obj], set()
     while stack:
@@ -501,7 +501,7 @@ def build_precond(info: dict[str, Any], state: dict[str, torch.Tensor], source: 
 
 def _convert(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The release pickle's EMA network as (state dict, description), checked against a rebuild."""
-    from gasbench.safe_pickle import ModuleRecord, flat_state_dict, load_network_pickle
+    from gasbench.core.safe_pickle import ModuleRecord, flat_state_dict, load_network_pickle
 
     data = load_network_pickle(path, module_prefixes=())
     _refuse_unknown_classes(data, path)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from gasbench.registry import register_teacher
+from gasbench.core.registry import register_teacher
 from gasbench.teachers.base import ReferenceSolver, Teacher
 
 

@@ -18,7 +18,7 @@ The released ``.ckpt`` files are PyTorch-Lightning checkpoints: torch zip archiv
 holds the ``state_dict`` next to training-framework objects. :func:`read_lightning_checkpoint`
 reads them without running anything, and :func:`ldm_to_diffusers` renames every entry onto
 diffusers' UNet2DModel / UNet2DConditionModel / VQModel (or rejects it): the conversion runs once
-per file and is cached as safetensors (:func:`gasbench.weights.converted_weights`).
+per file and is cached as safetensors (:func:`gasbench.core.weights.converted_weights`).
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 
-from gasbench import safe_pickle
-from gasbench.errors import GasbenchError
-from gasbench.registry import register_teacher
+from gasbench.core import safe_pickle
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import register_teacher
 from gasbench.teachers.base import ReferenceSolver
 from gasbench.teachers.diffusers_teacher import DiffusersTeacher
-from gasbench.weights import WeightsSource, converted_weights, gasbench_home, resolve_weights
+from gasbench.core.weights import WeightsSource, converted_weights, gasbench_home, resolve_weights
 
 # ---------------------------------------------------------------------------------------------
 # Reading a Lightning checkpoint without running it
@@ -49,7 +49,7 @@ from gasbench.weights import WeightsSource, converted_weights, gasbench_home, re
 def read_lightning_checkpoint(path: Path) -> Any:
     """The object ``torch.save`` wrote to ``path``, read with ``weights_only=True`` or, when that
     refuses a non-tensor global (Lightning's ``ModelCheckpoint``), by gasbench's restricted
-    unpickler with the ``lightning-checkpoint`` allow-list (:data:`gasbench.safe_pickle.FORMATS`)."""
+    unpickler with the ``lightning-checkpoint`` allow-list (:data:`gasbench.core.safe_pickle.FORMATS`)."""
     unreadable = f"{path} is not a readable torch checkpoint"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import TEACHERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import TEACHERS
 
 DIFFUSERS_PREFIX = "diffusers:"
 PRECISIONS = ("fp32", "bf16")

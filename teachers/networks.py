@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from gasbench.records import write_atomic
+from gasbench.core.records import write_atomic
 from torch import nn
 
 # safetensors serialises its metadata map in arbitrary order, so all fields go, as one JSON object

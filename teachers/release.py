@@ -17,7 +17,7 @@ Formats, as the release's code writes and reads them (github.com/3145tttt/GAS, `
   float32 unit noise, ``images`` (the teacher's samples in [-1, 1], decoded for latent models),
   ``latents`` (latent models' samples, else a list of None), ``condition`` (class labels, a list
   of prompts, or a list of None). Read by :func:`load_release_teacher_data` through
-  :mod:`gasbench.safe_pickle`'s ``gas-dataset`` allow-list (tensors, dicts, lists and prompt strings).
+  :mod:`gasbench.core.safe_pickle`'s ``gas-dataset`` allow-list (tensors, dicts, lists and prompt strings).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from gasbench import safe_pickle
-from gasbench.errors import GasbenchError
-from gasbench.weights import sha256_of
+from gasbench.core import safe_pickle
+from gasbench.core.errors import GasbenchError
+from gasbench.core.weights import sha256_of
 
 RELEASE = "GAS release (Oganov et al., 2025, arXiv:2510.17699; github.com/3145tttt/GAS)"
 # student_solver_config.t_eps of the release's configs, by its dataset folder on the hub

@@ -27,8 +27,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import register_teacher
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import register_teacher
 from gasbench.teachers.base import ReferenceSolver
 from gasbench.teachers.diffusers_teacher import (
     DiffusersTeacher, pipeline_default_guidance, load_component, resolve_folder, weights_digest,

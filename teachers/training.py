@@ -27,7 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from gasbench.records import write_atomic
+from gasbench.core.records import write_atomic
 
 from .datasets import load_digits_tensor, load_fashion_tensor
 from .networks import (

@@ -49,7 +49,7 @@ def gmm_teacher() -> GaussianMixtureTeacher:
 @pytest.fixture(scope="session")
 def gmm():
     """The built-in analytic teacher (``gasbench run -d gmm``)."""
-    from gasbench.registry import TEACHERS
+    from gasbench.core.registry import TEACHERS
 
     return TEACHERS.get("gmm")()
 
@@ -57,7 +57,7 @@ def gmm():
 @pytest.fixture(scope="session")
 def gmm_pairs(tmp_path_factory):
     """Train (96) and validation (48) pairs of (noise, x0) of the built-in ``gmm`` teacher, for fits."""
-    from gasbench.registry import TEACHERS
+    from gasbench.core.registry import TEACHERS
     from gasbench.trajectories import TrajectoryCache
 
     gmm, root = TEACHERS.get("gmm")(), tmp_path_factory.mktemp("gmm_pairs")
@@ -73,7 +73,7 @@ def resumed_fit(gmm, gmm_pairs, tmp_path):
     fit of ``first`` iterations checkpointed then resumed with the larger budget; asserts the two
     end bit-identical (parameters, and the relaxed objective's start offsets) and returns
     (uninterrupted, resumed, checkpoint path)."""
-    from gasbench.registry import SOLVERS
+    from gasbench.core.registry import SOLVERS
 
     def check(method: str, config: dict, first: int, total: int, nfe: int = 3):
         checkpoint = tmp_path / "fit-checkpoint.pt"

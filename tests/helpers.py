@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from gasbench.cli import main
-from gasbench.registry import SOLVERS
+from gasbench.core.registry import SOLVERS
 from gasbench.solvers.executor import execute
 from gasbench.teachers import edm
 
@@ -49,7 +49,7 @@ import os
 import time
 from pathlib import Path
 
-from gasbench.registry import register_teacher
+from gasbench.core.registry import register_teacher
 from gasbench.teachers.gmm import GaussianMixtureTeacher, gmm_teacher
 
 
@@ -272,10 +272,10 @@ def distributed_work(out: Path, fits: tuple[str, ...], fit_options: dict) -> Non
     """What each process of tests/test_distributed.py's torchrun test does (and one process, for
     comparison): the distributed primitives, sampling, features and short fits (``fit_options``) of
     each learned solver of ``fits``, saved as ``rank<r>.safetensors`` under ``out``."""
-    from gasbench import distributed
-    from gasbench.errors import GasbenchError
+    from gasbench.core import distributed
+    from gasbench.core.errors import GasbenchError
     from gasbench.features import feature_space
-    from gasbench.registry import SOLVERS, TEACHERS
+    from gasbench.core.registry import SOLVERS, TEACHERS
     from gasbench.sampling import sample_seeds
     from gasbench.trajectories import TrajectoryCache
 

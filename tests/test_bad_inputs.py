@@ -26,7 +26,7 @@ from gasbench.teachers.builtin import DigitsTeacher, FashionTeacher
 # inf, and a well-behaved one without data of its own (its real images are the user's).
 PLUGIN = '''
 import torch
-from gasbench.registry import register_teacher
+from gasbench.core.registry import register_teacher
 from gasbench.teachers.base import ReferenceSolver, Teacher
 
 
@@ -86,7 +86,7 @@ class Setup:
 
     def plugin(self) -> Path:
         """The plugin file of the teachers in :data:`PLUGIN`, registered until the case ends."""
-        from gasbench.registry import TEACHERS
+        from gasbench.core.registry import TEACHERS
 
         for name in ("nan-teacher", "inf-teacher", "flat-teacher"):
             self.request.addfinalizer(lambda name=name: TEACHERS.unregister(name))
@@ -371,7 +371,7 @@ def test_bad_input_is_one_clear_message(name, recorded, tmp_path, monkeypatch, c
 def test_a_second_run_waits_for_the_cell_another_is_computing(recorded, monkeypatch, capsys):
     """Two runs writing the same cell at once: the second waits with one message, then reuses the
     first one's record (here the first is this thread holding the cell's lock)."""
-    from gasbench import locks
+    from gasbench.core import locks
 
     before = recorded_files(recorded)
     held, done = threading.Event(), threading.Event()

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from gasbench.budgets import budget_options, budget_rows
-from gasbench.registry import SOLVERS
+from gasbench.core.registry import SOLVERS
 from gasbench.solvers.fit import counting_passes
 from gasbench.teachers.base import NetworkPasses
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 from gasbench.teachers import classifier
 from gasbench.teachers.datasets import fashion_dir, load_digits_tensor
 

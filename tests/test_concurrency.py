@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from gasbench import locks
-from gasbench.records import cell_dir, read_record, without_volatile
+from gasbench.core import locks
+from gasbench.core.records import cell_dir, read_record, without_volatile
 
 GS = "gs+batch_size=8+iterations=6+train_size=32"
 RUN = ["run", "-d", "gmm", "-m", "euler,gs", "--nfe", "3", "-n", "40", "--batch-size", "16", "--metrics", "rmse,fd",
@@ -100,7 +100,7 @@ def test_two_runs_share_the_work(tmp_path, monkeypatch):
 
 
 def test_a_lock_dies_with_its_process(tmp_path):
-    holder = ("import os, sys\nfrom gasbench import locks\nheld = locks.exclusive(sys.argv[1])\nheld.__enter__()\n"
+    holder = ("import os, sys\nfrom gasbench.core import locks\nheld = locks.exclusive(sys.argv[1])\nheld.__enter__()\n"
               "print('held', flush=True)\nos.kill(os.getpid(), 9)\n")
     done = subprocess.run([sys.executable, "-c", holder, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.stdout == "held\n" and done.returncode == -9

@@ -75,7 +75,7 @@ PAPER_CONFIGS = sorted(p.relative_to(PACKAGED).as_posix() for p in PACKAGED.rglo
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_every_shipped_paper_config_names_valid_methods_and_options(name):
     from gasbench.cli import _run_config
-    from gasbench.registry import METRICS, SOLVERS, TEACHERS
+    from gasbench.core.registry import METRICS, SOLVERS, TEACHERS
 
     values = dict(methods=None, dataset="digits", nfe=["4"], seed=50_000, num_samples=None, batch_size="256",
                   results_dir="results", schedule=None, solver_args=None, metrics=None, seeds=1, overwrite=False,

@@ -1,6 +1,6 @@
 """Crash safety: `gasbench run` killed with SIGKILL anywhere, then rerun, ends as an uninterrupted run.
 
-Each killed run is a subprocess that kills itself at a fault point (:mod:`gasbench.faults`) in
+Each killed run is a subprocess that kills itself at a fault point (:mod:`gasbench.core.faults`) in
 trajectory generation, training, checkpointing, sampling, metric computation or inside a file
 write. After the kill every file under the results directory and GASBENCH_HOME must be complete,
 and after a rerun without the fault every file must equal an uninterrupted run's, except the
@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from gasbench.errors import GasbenchError
-from gasbench.records import read_record, without_volatile
-from gasbench.registry import SOLVERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.records import read_record, without_volatile
+from gasbench.core.registry import SOLVERS
 from gasbench.tables import render
 
 # gs with 120 iterations checkpoints at iteration 100 (LearnedSolver.fit's checkpoint_every) and at

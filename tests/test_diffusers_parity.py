@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-from gasbench.registry import SOLVERS
+from gasbench.core.registry import SOLVERS
 from gasbench.solvers.executor import execute
 
 SCHEDULER_SETTINGS = {

@@ -12,8 +12,8 @@ from diffusers import (
     DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler, EDMEulerScheduler, FlowMatchEulerDiscreteScheduler,
 )
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SOLVERS
 from gasbench.solvers.executor import execute, trace
 from gasbench.solvers.handcrafted import euler
 from gasbench.solvers.schedules import make_sigmas

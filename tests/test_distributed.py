@@ -79,7 +79,7 @@ def test_two_processes_write_the_records_and_caches_of_one(one_process, tmp_path
 
 
 def test_one_process_is_left_alone(monkeypatch):
-    from gasbench import distributed
+    from gasbench.core import distributed
 
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SOLVERS
 from gasbench.sampling import sample_seeds
 from gasbench.solvers.dlms import dpmpp2m_interval
 from gasbench.solvers.executor import AdaptiveTable, ExecutionStats, execute, trace
@@ -151,7 +151,7 @@ def test_resumed_fit_equals_uninterrupted_fit(resumed_fit):
 
 
 def test_network_teachers_give_their_bottleneck_from_the_same_pass():
-    from gasbench.registry import TEACHERS
+    from gasbench.core.registry import TEACHERS
 
     digits = TEACHERS.get("digits")()
     x = noise(digits, 4) * 2.0
@@ -192,7 +192,7 @@ def test_gasbench_run_show_and_overhead_accept_an_adaptive_table(tmp_path, gmm, 
 def test_designer_has_the_papers_size_on_a_64_channel_bottleneck():
     """Sec. 4.1: a designer of "only 9k" parameters (AMED-Plugin's layers at its 128 units on a
     64-value bottleneck); the CPU default, one hidden layer of 32 units, has 2.5k."""
-    from gasbench.registry import TEACHERS
+    from gasbench.core.registry import TEACHERS
 
     digits = TEACHERS.get("digits")()
     count = lambda solver, nfe: sum(p.numel() for p in solver.parameters_for(digits, nfe).values())  # noqa: E731

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from gasbench import safe_pickle
-from gasbench.errors import GasbenchError
-from gasbench.registry import TEACHERS
+from gasbench.core import safe_pickle
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import TEACHERS
 from gasbench.teachers import edm
 from helpers import EDM_NETWORKS, Payload, Persistent, release_modules, tiny_edm, write_release
 
@@ -151,7 +151,7 @@ def test_fid_reference_images_are_the_users_or_a_clear_message(recording, tmp_pa
     from PIL import Image
 
     from gasbench.features import feature_space
-    from gasbench.weights import real_images_dir
+    from gasbench.core.weights import real_images_dir
 
     teacher = as_teacher("cifar10", write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "net.pkl"))
     monkeypatch.setenv("GASBENCH_HOME", str(tmp_path / "home"))

@@ -10,8 +10,8 @@ from diffusers import DDPMPipeline, DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from gasbench.diffusers_export import GasbenchScheduler, export_cell
-from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SOLVERS
 from gasbench.solvers.executor import SolverTable, execute
 from gasbench.teachers.diffusers_teacher import DiffusersTeacher
 from helpers import SCHEDULERS, short_fit, tiny_unet

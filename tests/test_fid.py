@@ -17,8 +17,8 @@ from cleanfid.utils import ResizeDataset
 from PIL import Image
 
 from gasbench import fid
-from gasbench.errors import GasbenchError
-from gasbench.weights import sha256_of
+from gasbench.core.errors import GasbenchError
+from gasbench.core.weights import sha256_of
 
 
 # --- Frechet distance -------------------------------------------------------------------------------

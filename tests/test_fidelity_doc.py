@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from gasbench.registry import SOLVERS
+from gasbench.core.registry import SOLVERS
 
 LEDGER = Path(__file__).resolve().parents[1] / "docs" / "fidelity.md"
 OPTION = re.compile(r"`([a-z_0-9]+) = ([^`]+)`")

@@ -14,7 +14,7 @@ import torch
 from helpers import RUN, SLOW_TEACHER, gasbench
 
 from gasbench.config import locate
-from gasbench.registry import SOLVERS
+from gasbench.core.registry import SOLVERS
 
 PROGRESS_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] slow-gmm: .*\d+/\d+ \(\d+%\).* elapsed \d+:\d\d:\d\d +(eta|done)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gasbench.registry import SOLVERS
+from gasbench.core.registry import SOLVERS
 from gasbench.sampling import sample_seeds
 from gasbench.solvers.discriminator import CompactDiscriminator
 from gasbench.solvers.gas import gradient_penalty, relativistic_loss

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SOLVERS
 from gasbench.sampling import sample_seeds
 from gasbench.solvers.executor import LinComb, execute, trace
 from gasbench.solvers.gs import derivative_basis, inverse_stick_breaking, stick_breaking_times
@@ -177,7 +177,7 @@ def test_gasbench_show_prints_learned_steps_and_refuses_other_cells(gmm, tmp_pat
 
 def test_gradient_checkpointing_bounds_training_memory():
     from gasbench.overhead import _training_step, peak_memory_mb
-    from gasbench.registry import TEACHERS
+    from gasbench.core.registry import TEACHERS
 
     digits = TEACHERS.get("digits")()
     peaks = {}

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel, UNet2DModel, VQModel
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import TEACHERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import TEACHERS
 from gasbench.teachers import ldm
 from gasbench.teachers.diffusers_teacher import DiffusersTeacher
 from gasbench.teachers.ldm import (IMAGENET256, LSUN_BEDROOM, imagenet256_dit, ImageNet256Teacher,
                                    LSUNBedroomTeacher)
-from gasbench.weights import gasbench_home
+from gasbench.core.weights import gasbench_home
 from helpers import Payload, write_lightning_checkpoint
 
 TINY_VQ = dict(ldm.VQ_F4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,

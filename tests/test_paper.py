@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from helpers import gasbench
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 from gasbench.paper import COLUMNS, base_method, label_options, load_paper_results, paper_numbers
-from gasbench.records import SCHEMA_VERSION, TEACHER_LABEL, cell_dir, write_json_atomic
-from gasbench.registry import SCHEDULES, SOLVERS
+from gasbench.core.records import SCHEMA_VERSION, TEACHER_LABEL, cell_dir, write_json_atomic
+from gasbench.core.registry import SCHEDULES, SOLVERS
 
 # Methods gasbench does not implement, under the papers' own names (paper.py's docstring)
 PAPER_ONLY = {

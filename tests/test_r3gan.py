@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS, TEACHERS
-from gasbench.safe_pickle import ModuleRecord, load_network_pickle
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SOLVERS, TEACHERS
+from gasbench.core.safe_pickle import ModuleRecord, load_network_pickle
 from gasbench.solvers import r3gan
 from gasbench.solvers.r3gan import PRETRAINED, R3GANDiscriminator, load_r3gan_discriminator
 from helpers import Payload

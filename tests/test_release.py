@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 from gasbench.solvers.executor import ExecutionStats, execute
 from gasbench.solvers.release import import_release_student, load_release_student, release_logits
 from gasbench.teachers.base import ReferenceSolver, Teacher

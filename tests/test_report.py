@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 from gasbench.report import _metric_figure, _styles, build_report
 from gasbench.runner import RunConfig, run
 from gasbench.tables import load_frame, render

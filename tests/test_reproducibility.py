@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gasbench.cli import main
-from gasbench.records import read_record, without_volatile
+from gasbench.core.records import read_record, without_volatile
 from helpers import gasbench
 
 GS = "gs+batch_size=8+iterations=6+train_size=32"

@@ -1,4 +1,4 @@
-"""Every reader of a pickle-based file refuses code payloads before they run (gasbench.safe_pickle's
+"""Every reader of a pickle-based file refuses code payloads before they run (gasbench.core.safe_pickle's
 formats), and the Lightning allow-list admits what an LDM checkpoint holds and nothing else."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from gasbench import lpips_metric
-from gasbench.errors import GasbenchError
+from gasbench.core import lpips_metric
+from gasbench.core.errors import GasbenchError
 from gasbench.solvers import r3gan
 from gasbench.teachers import edm, ldm, release
 from helpers import LIGHTNING_CLASSES, PAYLOAD_CALLS, ModelCheckpoint, Payload, pickled_as, raw_os_system

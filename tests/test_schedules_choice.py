@@ -13,14 +13,14 @@ import torch
 from gasbench import tuning
 from gasbench.cli import main
 from gasbench.metrics import Evaluation, get_metric
-from gasbench.registry import SOLVERS, TEACHERS
+from gasbench.core.registry import SOLVERS, TEACHERS
 from gasbench.report import build_report
 from gasbench.sampling import sample_seeds
 from gasbench.solvers.schedules import make_sigmas
 from gasbench.tables import render
 from gasbench.teachers.ldm import LatentDiffusionTeacher
 from gasbench.teachers.sd15 import TextToImageTeacher
-from gasbench.seeds import SPLIT_ENDS, SPLIT_STARTS
+from gasbench.core.seeds import SPLIT_ENDS, SPLIT_STARTS
 from gasbench.trajectories import TrajectoryCache
 from helpers import gasbench
 

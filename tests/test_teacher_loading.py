@@ -6,8 +6,8 @@ import hashlib
 import pytest
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.weights import WeightsSource, converted_weights, resolve_weights, weights_dir
+from gasbench.core.errors import GasbenchError
+from gasbench.core.weights import WeightsSource, converted_weights, resolve_weights, weights_dir
 
 from helpers import gasbench
 
@@ -99,7 +99,7 @@ def test_load_teacher_options():
 
 
 def test_bf16_autocast_changes_the_network_precision_only():
-    from gasbench.seeds import noise_and_conditions
+    from gasbench.core.seeds import noise_and_conditions
     from gasbench.teachers.load import load_teacher
 
     fp32, bf16 = load_teacher("digits", device="cpu"), load_teacher("digits", device="cpu", precision="bf16")
@@ -134,7 +134,7 @@ def test_reference_images_from_a_folder_a_zip_and_an_npz(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from gasbench.images import read_image_set
+    from gasbench.core.images import read_image_set
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(5, 6, 6, 3), dtype=np.uint8)
     folder = tmp_path / "images"

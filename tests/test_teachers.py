@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from gasbench.registry import SOLVERS, TEACHERS
+from gasbench.core.registry import SOLVERS, TEACHERS
 from gasbench.sampling import sample_seeds
-from gasbench.seeds import noise_and_conditions
+from gasbench.core.seeds import noise_and_conditions
 from gasbench.teachers.datasets import load_digits_tensor
 
 
@@ -77,7 +77,7 @@ def test_gmm_denoiser_is_the_posterior_mean():
 
 
 def test_fashion_mnist_missing_or_corrupt_files_are_named(tmp_path, monkeypatch):
-    from gasbench.errors import GasbenchError
+    from gasbench.core.errors import GasbenchError
     from gasbench.teachers.datasets import FASHION_FILES, load_fashion_tensor
 
     monkeypatch.setenv("GASBENCH_FASHION_MNIST", str(tmp_path))

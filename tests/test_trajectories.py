@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from gasbench.errors import GasbenchError
-from gasbench.registry import SOLVERS
+from gasbench.core.errors import GasbenchError
+from gasbench.core.registry import SOLVERS
 from gasbench.sampling import sample_seeds
 from gasbench.trajectories import TrajectoryCache, describe_caches
 

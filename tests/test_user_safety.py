@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import RUN, SLOW_TEACHER, gasbench
 
-from gasbench.registry import SOLVERS
+from gasbench.core.registry import SOLVERS
 
 # a plugin solver: first Euler, then the same file edited to damp the step
 PLUGIN = '''

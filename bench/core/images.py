@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from gasbench.errors import GasbenchError
-from gasbench.records import write_atomic
+from gasbench.core.errors import GasbenchError
+from gasbench.core.records import write_atomic
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8, min_side: int = 48) -> None:

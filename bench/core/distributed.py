@@ -43,7 +43,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from gasbench.errors import GasbenchError
+from gasbench.core.errors import GasbenchError
 
 T = TypeVar("T")
 

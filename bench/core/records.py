@@ -33,8 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from gasbench.errors import GasbenchError
-from gasbench.faults import fault_point
+from gasbench.core.errors import GasbenchError
+from gasbench.core.faults import fault_point
 
 SCHEMA_VERSION = 2
 TEACHER_LABEL = "teacher"  # the method name of the teacher's own row

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from gasbench import distributed
+from gasbench.core import distributed
 
 try:
     import fcntl
