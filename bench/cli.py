@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -14,10 +15,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from gasbench.core import distributed
 from gasbench.budgets import BUDGETS, DEFAULT_REFERENCE
 from gasbench.cli_common import PluginOption, console, err_console, load_plugins, parse_ints, split_list
 from gasbench.cli_tools import bench_app, data_app, teacher_app
+from gasbench.core import distributed
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS
 from gasbench.teachers.load import load_teacher
@@ -124,7 +125,8 @@ def run(
     reference_images: Optional[Path] = typer.Option(None, "--reference-images", help="Real images (folder, .zip or .npz) for fid/precision/recall on teachers without built-in data."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Learned methods' training budget: paper (each method's own paper), cpu (the built-in teachers' CPU budgets) or matched (the same training pairs and network passes as --matched-to); default: paper on the papers' teachers, cpu on the built-in ones."),
     matched_to: str = typer.Option("gs", "--matched-to", help="With --budget matched: the learned method whose training pairs and network passes every learned method gets."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch; default: torch's own (OMP_NUM_THREADS, else the machine's cores). Recorded in each record's environment."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch; default: torch's own (OMP_NUM_THREADS, else the machine's cores), or the cores shared out among --jobs. Recorded in each record's environment."),
+    jobs: str = typer.Option("auto", "--jobs", "-j", envvar="GASBENCH_JOBS", help="Processes sharing the cells on this machine: a count, or auto (one per CPU core up to 4; one on a GPU or under torchrun)."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A YAML file of these options (methods may carry their own options); the command line wins. See configs/paper/."),
     plugin: Optional[list[str]] = PluginOption,
 ):
@@ -134,7 +136,12 @@ def run(
     from gasbench.runner import run as run_benchmark
     from gasbench.tables import render
 
+    from gasbench import jobs as local_jobs
+
     load_plugins(plugin)
+    job_count = local_jobs.resolve_jobs(jobs, device)
+    if job_count > 1 and threads is None:
+        threads = local_jobs.threads_per_job(job_count)
     values = dict(methods=methods, dataset=dataset, nfe=nfe, seed=seed, num_samples=num_samples, batch_size=batch_size,
                   results_dir=results_dir, schedule=schedule, solver_args=solver_arg, metrics=metrics, seeds=seeds,
                   overwrite=overwrite, weights=weights, device=device, precision=precision, reference_images=reference_images,
@@ -152,7 +159,8 @@ def run(
         config_provenance = file_provenance(config_file)
     config = _run_config(values, str(config_file or "the command line"))
     config.config_file = config_provenance
-    config.command = shlex.join(["gasbench", *sys.argv[1:]])  # recorded, to rerun it
+    # recorded, to rerun it; a --jobs worker records the command the user typed
+    config.command = os.environ.get(local_jobs.COMMAND_ENV) or shlex.join(["gasbench", *sys.argv[1:]])
     from gasbench.tuning import TUNED
 
     if config.schedule not in (None, TUNED):
@@ -162,15 +170,24 @@ def run(
     SOLVERS.resolve(config.matched_to)
     results_dir = config.results_dir
     start, timings = time.perf_counter(), {}
-    records = run_benchmark(config, err_console, timings)
-    if not distributed.is_main():  # under torchrun, rank 0 reports
+    workers = local_jobs.start_workers(sys.argv[1:], job_count, config.threads, results_dir) if job_count > 1 else []
+    try:
+        records = run_benchmark(config, err_console, timings)
+        local_jobs.finish_workers(workers)
+    finally:
+        local_jobs.stop_workers(workers)
+    if not distributed.is_main() or local_jobs.is_worker():  # under torchrun rank 0 reports; --jobs: the user's process
         return
+    if workers:
+        err_console.print(f"{job_count} processes with {config.threads} threads each shared the cells "
+                          f"(the others' output: {results_dir / '.jobs'})")
     total = time.perf_counter() - start
     err_console.print(f"{len(records)} cells recorded under {results_dir} in {total:.1f} s")
     if total > 0:
         shares = ", ".join(f"{label} {seconds:.1f} s ({100 * seconds / total:.0f}%)"
                            for label, seconds in sorted(timings.items(), key=lambda kv: -kv[1]))
-        err_console.print(f"time per method: {shares}")
+        whose = " (the cells this process computed; every cell's: gasbench bench profile)" if workers else ""
+        err_console.print(f"time per method{whose}: {shares}")
     console.print(render(results_dir, (config.metrics or [])[:1] or None, "markdown", teacher=records[0]["teacher"]["name"]))
 
 
@@ -307,6 +324,7 @@ def teachers(
 ):
     """The registered teachers, the weights each needs, whether they are present, and where they are looked for."""
     from gasbench.core.weights import sha256_of, weights_dir
+    from gasbench.teachers.base import declared_weights
 
     load_plugins(plugin)
     out = Table(title=f"teachers (weights looked for in: --weights PATH, then {weights_dir()}, then the URL when online)",
@@ -314,15 +332,12 @@ def teachers(
     for column in ("name", "weights file", "pinned sha256", "present", "source"):
         out.add_column(column, style="bold" if column == "name" else None)
     for entry in TEACHERS:
-        cls, source = entry.obj, getattr(entry.obj, "weights_source", None)
-        if source is not None:
-            path, pin, origin = weights_dir() / source.filename, source.sha256, source.url or "its authors (no public URL)"
-        elif getattr(cls, "HUB_ID", None) is not None:
-            out.add_row(entry.name, f"hub: {cls.HUB_ID}", "-", "diffusers' cache", "downloaded by diffusers on first use, or --weights FOLDER")
+        declared = declared_weights(entry.obj)
+        if declared.hub_id is not None:
+            out.add_row(entry.name, f"hub: {declared.hub_id}", "-", "diffusers' cache", declared.obtained())
             continue
-        elif getattr(cls, "WEIGHTS", None) is not None:
-            path, pin, origin = cls.WEIGHTS, cls.WEIGHTS_SHA256, f"ships with gasbench (`gasbench teacher train {entry.name}`)"
-        else:
+        path, pin = declared.path, declared.sha256
+        if path is None:
             out.add_row(entry.name, "-", "-", "not needed", entry.description)
             continue
         present = "no"
@@ -330,7 +345,7 @@ def teachers(
             present = "yes"
             if check:
                 present = "yes, sha256 matches" if sha256_of(path) == pin else "yes, sha256 DIFFERS" if pin else "yes, unpinned"
-        out.add_row(entry.name, str(path), pin or "(not pinned)", present, origin)
+        out.add_row(entry.name, str(path), pin or "(not pinned)", present, declared.obtained())
     console.print(out)
     console.print("Also: --dataset diffusers:<hub id or folder> wraps any diffusers pipeline (hub downloads need a connection).")
 

@@ -31,8 +31,8 @@ def teacher_train(
     """Reproduce a built-in teacher's committed weights and compare them with the pinned sha256."""
     import torch
 
-    from gasbench.teachers import training
     from gasbench.core.weights import sha256_of
+    from gasbench.teachers import training
 
     if name not in training.RECIPES:
         raise GasbenchError(f"no trainer for teacher '{name}'; trainable: {', '.join(training.RECIPES)}.")
@@ -40,7 +40,7 @@ def teacher_train(
     torch.set_num_threads(threads)
     training.train_builtin_teacher(name, out, iterations=iterations, seed=seed, checkpoint_path=checkpoint)
     sha = sha256_of(out)
-    same = "identical to" if sha == TEACHERS.get(name).WEIGHTS_SHA256 else "different from"
+    same = "identical to" if sha == TEACHERS.get(name).weights.pin else "different from"
     console.print(f"wrote {out} (sha256 {sha}), {same} the committed weights")
 
 
@@ -54,8 +54,8 @@ def teacher_train_classifier(
     """Reproduce the classifier whose features give a built-in teacher's domain FD."""
     import torch
 
-    from gasbench.teachers import classifier
     from gasbench.core.weights import sha256_of
+    from gasbench.teachers import classifier
 
     if name not in classifier.CLASSIFIER_RECIPES:
         raise GasbenchError(f"no classifier recipe for '{name}'; trainable: {', '.join(classifier.CLASSIFIER_RECIPES)}.")
@@ -157,3 +157,25 @@ def bench_metrics(
     for r in rows:
         out.add_row(r["metric"], f"{r['setup_s']:.2f}", f"{r['compute_s']:.3f}", f"{r['images_per_s']:.1f}")
     console.print(out)
+
+
+@bench_app.command("profile", epilog="Example: gasbench bench profile --results-dir benchmarks/default-run --into benchmarks/profile.md")
+def bench_profile(
+    results_dir: Path = typer.Option(Path("results"), "--results-dir"),
+    teacher: Optional[str] = typer.Option(None, "--teacher", "-d", help="Only this teacher's cells."),
+    into: Optional[Path] = typer.Option(None, "--into", help="Also write the table between the gasbench-table markers of this file."),
+    block: Optional[str] = typer.Option(None, "--block", help="With --into: fill the markers named <!-- gasbench-table:BLOCK:start/end --> instead."),
+):
+    """Where a run's time went: seconds per phase (teacher solves, fit forward/backward, validation,
+    sampling, metrics) of every recorded cell, then per method with its share of the run."""
+    from gasbench.profile import profile_markdown, profile_rows
+    from gasbench.tables import write_into
+
+    rows = profile_rows(results_dir, teacher)
+    if not rows:
+        raise GasbenchError(f"no record under {results_dir} has phase times (records written before gasbench "
+                            f"recorded them, or no learned or handcrafted cell); run `gasbench run --results-dir {results_dir}` first.")
+    text = profile_markdown(rows)
+    print(text)
+    if into is not None:
+        write_into(into, text, block)

@@ -40,7 +40,7 @@ import gasbench
 from gasbench.core.errors import GasbenchError
 from gasbench.solvers.cells import load_cell
 from gasbench.solvers.executor import AdaptiveTable, Table
-from gasbench.teachers.diffusers_teacher import DiscreteVPSchedule, EDMSchedule, FlowMatchSchedule, NoiseSchedule
+from gasbench.teachers.time import DiscreteVPSchedule, EDMSchedule, FlowMatchSchedule, NoiseSchedule
 
 
 def schedule_state(schedule: NoiseSchedule) -> dict[str, Any]:

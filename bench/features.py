@@ -62,7 +62,7 @@ class FeatureSpace(ABC):
         """Features of the teacher's real images, and their provenance; computed once, then cached."""
         images, description = _real_images(teacher)
         # the papers' teachers use the whole real set, as the FID protocol asks; the CPU teachers a subset
-        if self.max_reference_images is not None and not teacher.full_reference_set:
+        if self.max_reference_images is not None and not teacher.protocol.full_reference_set:
             images = images[: self.max_reference_images]
         with distributed.main_first():  # a network to download is fetched once
             network = self.network(teacher)
@@ -104,9 +104,9 @@ def _real_images(teacher) -> tuple[torch.Tensor, str]:
 
 
 def _default_location(teacher) -> str:
-    if not teacher.REAL_IMAGES:
+    if not teacher.protocol.real_images:
         return ""
-    return f" or put them at {real_images_dir() / teacher.REAL_IMAGES} (gasbench cannot download them)"
+    return f" or put them at {real_images_dir() / teacher.protocol.real_images} (gasbench cannot download them)"
 
 
 class InceptionSpace(FeatureSpace):

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from gasbench.core.errors import GasbenchError
-from gasbench.features import domain_space, feature_space
 from gasbench.core.registry import METRICS, register_metric
+from gasbench.features import domain_space, feature_space
 
 # Which value of a metric is best: the lowest, the highest, or the teacher's own (its row in the
 # tables). Precision, recall, density and coverage score samples against real images (Naeem et al.

@@ -23,8 +23,17 @@ import pandas as pd
 
 from gasbench.core.errors import GasbenchError
 from gasbench.core.records import TEACHER_LABEL, cell_dir, iter_records, write_atomic
-from gasbench.tables import (COSTS, _shown, arrow_text, default_metrics, direction_of, leaderboard, load_frame,
-                             unranked_note, with_schedules)
+from gasbench.tables import (
+    COSTS,
+    _shown,
+    arrow_text,
+    default_metrics,
+    direction_of,
+    leaderboard,
+    load_frame,
+    unranked_note,
+    with_schedules,
+)
 
 BOLD = "\x00"  # prefix _shown puts on the best cell of a column; rendered as <strong>
 ANNOTATED_NFE = 6  # coefficient heat-maps print their values up to this size

@@ -15,8 +15,8 @@ from typing import Any, Optional
 from rich.console import Console
 
 from gasbench.core.errors import GasbenchError
+from gasbench.core.records import TEACHER_LABEL, CellRecord, cell_dir, stored_record
 from gasbench.metrics import Metric
-from gasbench.core.records import TEACHER_LABEL, cell_dir, stored_record
 
 
 def _seed_pairs(seed_sets) -> list[list[int]]:
@@ -128,7 +128,7 @@ def check_existing(results_dir: Path, overwrite: bool, teacher, metrics: list[Me
                       f"reused as they are (--overwrite recomputes them)")
 
 
-def reusable(path: Path, identity: dict, overwrite: bool) -> Optional[dict[str, Any]]:
+def reusable(path: Path, identity: dict, overwrite: bool) -> Optional[CellRecord]:
     """The stored record if it answers ``identity`` (:func:`relation`: the same, or covering it);
     checked again under the cell's lock, as another process may have written it meanwhile."""
     if overwrite:

@@ -30,32 +30,34 @@ from rich.console import Console
 from rich.progress import Progress
 
 import gasbench
-from gasbench.core import distributed, locks
 from gasbench.budgets import DEFAULT_REFERENCE, budget_options
+from gasbench.core import distributed, locks, phases
 from gasbench.core.errors import GasbenchError
 from gasbench.core.faults import fault_point
 from gasbench.core.images import save_grid
-from gasbench.metrics import Evaluation, Metric, get_metric
+from gasbench.core.phases import phase
+from gasbench.core.progress import Bars, announce_wait
 from gasbench.core.records import (
     SCHEMA_VERSION,
     TEACHER_LABEL,
+    CellRecord,
     cell_dir,
     code_revision,
     ensure_writable,
     write_json_atomic,
 )
-from gasbench.core.progress import Bars
 from gasbench.core.registry import SOLVERS
+from gasbench.core.seeds import SPLIT_STARTS
+from gasbench.core.weights import sha256_of
+from gasbench.metrics import Evaluation, Metric, get_metric
 from gasbench.reuse import cell_identity, check_existing, reusable, teacher_identity
 from gasbench.sampling import AUTO_BATCH, auto_batch_size, sample_seeds
-from gasbench.core.seeds import SPLIT_STARTS
 from gasbench.solvers.executor import ExecutionStats, Table
 from gasbench.solvers.learned import STATE_FILE
 from gasbench.teachers.load import load_teacher
 from gasbench.trajectories import TrajectoryCache
 from gasbench.tuning import tune_schedules, wants_tuning
 from gasbench.verify import environment, sample_checksums
-from gasbench.core.weights import sha256_of
 
 GRID_SIZE = 64
 MAX_NFE = 1000  # (NFE, NFE) coefficient tables of a few MB; the references use NFE <= 50
@@ -67,7 +69,7 @@ class RunConfig:
     methods: Optional[list[str]] = None  # None: every registered method
     nfes: list[int] = field(default_factory=lambda: [4, 6, 8, 10])
     seed: int = SPLIT_STARTS["evaluation"]  # GAS release convention
-    num_samples: Optional[int] = None  # None: the teacher's evaluation_samples
+    num_samples: Optional[int] = None  # None: the teacher's protocol.samples
     batch_size: int = 256
     results_dir: Path = Path("results")
     schedule: Optional[str] = None
@@ -184,7 +186,7 @@ def save_reference_grid(teacher, reference: torch.Tensor, results_dir: Path) -> 
 
 
 def run(config: RunConfig, console: Optional[Console] = None,
-        timings: Optional[dict[str, float]] = None) -> list[dict[str, Any]]:
+        timings: Optional[dict[str, float]] = None) -> list[CellRecord]:
     """Run every (method, NFE) cell of ``config``, plus the teacher's own row; returns the records
     (new or reused), the teacher's first if it has one. ``timings``, if given, receives the
     seconds this call spent per method (training data, training and sampling; reused cells
@@ -205,16 +207,16 @@ def run(config: RunConfig, console: Optional[Console] = None,
         SOLVERS.resolve(name)  # unknown names fail before the teacher is loaded
     with distributed.main_first():  # weights to download or convert are fetched once
         teacher = load_teacher(config.teacher, config.weights, config.device, config.precision)
-    if config.reference_images is not None:
-        teacher.reference_images = Path(config.reference_images)
+    if config.reference_images is not None:  # this run's protocol; the loaded teacher keeps its own
+        teacher = teacher.under(replace(teacher.protocol, reference_images=Path(config.reference_images)))
     if config.batch_size == AUTO_BATCH:
         # batches are the unit of work split over processes, so all of them take one size
         config = replace(config, batch_size=distributed.smallest(auto_batch_size(teacher)))
         console.print(f"batch size {config.batch_size} (from free memory on {teacher.device})")
-    metrics = [get_metric(name) for name in (config.metrics or teacher.default_metrics)]
+    metrics = [get_metric(name) for name in (config.metrics or teacher.protocol.metrics)]
     cells = build_cells(config, teacher)
     if config.num_samples is None:
-        config = replace(config, num_samples=teacher.evaluation_samples)
+        config = replace(config, num_samples=teacher.protocol.samples)
     if config.num_samples < 1:
         raise GasbenchError(f"--num-samples must be at least 1, got {config.num_samples}.")
     if config.seed_sets < 1:
@@ -238,7 +240,7 @@ def run(config: RunConfig, console: Optional[Console] = None,
             cache = TrajectoryCache(teacher, tuple(seeds))
             task = progress.add_task(f"{teacher.name}: reference {ref.solver} NFE {ref.nfe}, seeds {seeds[0]}-", total=len(seeds))
             cache.generate(on_samples=lambda n, task=task: progress.advance(task, n),
-                           on_wait=_waiting(progress.console, cache.directory, "generating these trajectories"))
+                           on_wait=announce_wait(progress.console, cache.directory, "generating these trajectories"))
             solved = cache.load()
             references.append(solved["x0"])
             conditions.append(solved.get("cond"))
@@ -249,19 +251,38 @@ def run(config: RunConfig, console: Optional[Console] = None,
         # counted in cells, so its ETA is the whole run's: the mean time of the cells computed so far
         # times the cells left (reused cells leave the total)
         overall = progress.add_task(f"{teacher.name}: cells", total=len(cells))
-        for cell in cells:
+        done: dict[int, CellRecord] = {}
+
+        def compute(index: int, cell: Cell, config: RunConfig = config) -> None:
             progress.update(overall, description=f"{teacher.name}: cells (now {cell.label} NFE {cell.nfe})")
             start = time.perf_counter()
-            with _cell_lock(cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe), progress.console):
-                records.append(run_cell(config, teacher, metrics, cell, seed_sets, references, conditions, progress, overall))
+            done[index] = run_cell(config, teacher, metrics, cell, seed_sets, references, conditions, progress, overall)
             timings[cell.label] = timings.get(cell.label, 0.0) + time.perf_counter() - start
-    return records
+
+        # the costliest cells first, each claimed without waiting (gasbench.jobs: other processes
+        # of this command take the ones held); then the cells held elsewhere, waited for and reused
+        for index, cell in costliest_first(cells):
+            with locks.claim(cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe)) as mine:
+                if mine:
+                    compute(index, cell)
+        for index, cell in enumerate(cells):
+            if index not in done:  # another process held it: its record is this command's (--overwrite too)
+                with _cell_lock(cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe), progress.console):
+                    compute(index, cell, replace(config, overwrite=False))
+    return records + [done[index] for index in range(len(cells))]
+
+
+def costliest_first(cells: list[Cell]) -> list[tuple[int, Cell]]:
+    """(index, cell) with learned cells before handcrafted ones and higher NFE first, so the
+    processes of a ``--jobs`` run finish together rather than wait on one long fit at the end."""
+    return sorted(enumerate(cells), key=lambda item: (not item[1].solver.learned, -item[1].nfe))
 
 
 def _score(metrics: list[Metric], evaluations: list[Evaluation]) -> dict[str, Any]:
     """Each metric on each seed set; mean, and sample std when there are several sets."""
     fault_point("metric")
-    per_set = {m.name: [m.compute(e) for e in evaluations] for m in metrics}
+    with phase("metrics"):
+        per_set = {m.name: [m.compute(e) for e in evaluations] for m in metrics}
     out = {"metrics": {name: float(np.mean(values)) for name, values in per_set.items()}}
     if len(evaluations) > 1:
         out["metrics_std"] = {name: float(np.std(values, ddof=1)) for name, values in per_set.items()}
@@ -285,20 +306,15 @@ def _common_fields(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
     }
 
 
-def _waiting(console: Console, directory: Path, what: str):
-    """What a run prints when another process holds the lock of ``directory``."""
-    return lambda: console.print(f"{directory}: another gasbench process is {what}; waiting for it")
-
-
 def _cell_lock(directory: Path, console: Console):
     """The lock of a result cell: another `gasbench run` on the same directory waits for this one
     to finish the cell (record, grid, learned state and fit checkpoint), then reuses its record
     (:mod:`gasbench.core.locks`)."""
-    return locks.exclusive(directory, on_wait=_waiting(console, directory, "computing this cell"))
+    return locks.exclusive(directory, on_wait=announce_wait(console, directory, "computing this cell"))
 
 
 def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets, references, conditions,
-                   console: Console) -> Optional[dict[str, Any]]:
+                   console: Console) -> Optional[CellRecord]:
     """The teacher row (GAS Table 2's first row): its reference solver's samples scored with the
     distribution metrics; paired metrics would compare it with itself and are left out, so with
     no distribution metric there is no teacher row (None)."""
@@ -313,21 +329,21 @@ def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
         if existing is not None:
             return existing
         evaluations = [Evaluation(reference, None, teacher, cond) for reference, cond in zip(references, conditions)]
-        record = {
+        record = CellRecord(
             **_common_fields(config, teacher, unpaired, seed_sets, identity),
-            "method": TEACHER_LABEL,
-            "solver": {"name": ref.solver, "learned": False, "reference": True, **ref.to_dict()},
-            "nfe": ref.nfe,
+            method=TEACHER_LABEL,
+            solver={"name": ref.solver, "learned": False, "reference": True, **ref.to_dict()},
+            nfe=ref.nfe,
             **_score(unpaired, evaluations),
-            "sample_checksums": sample_checksums(references, seed_sets),
-            "training": None,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+            sample_checksums=sample_checksums(references, seed_sets),
+            training=None,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
         distributed.on_main(lambda: write_json_atomic(out_dir / "metrics.json", record))
         return record
 
 
-def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, references, conditions, progress, overall) -> dict[str, Any]:
+def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, references, conditions, progress, overall) -> CellRecord:
     out_dir = cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe)
     solver_config = cell.solver.resolved_config(teacher)
     identity = cell_identity(teacher, cell, metrics, seed_sets)
@@ -335,6 +351,7 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
     if existing is not None:
         progress.update(overall, total=next(t.total for t in progress.tasks if t.id == overall) - 1)
         return existing
+    before = phases.totals()
     if cell.solver.learned:
         cell.table = prepare_learned(teacher, cell, out_dir, progress)
     sampling = progress.add_task(f"{teacher.name}: {cell.label} NFE {cell.nfe}", total=sum(len(s) for s in seed_sets))
@@ -342,31 +359,33 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
     start = time.perf_counter()
     evaluations = []
     for seeds, reference, cond in zip(seed_sets, references, conditions):
-        samples = sample_seeds(teacher, cell.table, seeds, config.batch_size, stats=stats,
-                               on_batch=lambda n: progress.advance(sampling, n))
+        with phase("sampling"):
+            samples = sample_seeds(teacher, cell.table, seeds, config.batch_size, stats=stats,
+                                   on_batch=lambda n: progress.advance(sampling, n))
         evaluations.append(Evaluation(samples, reference, teacher, cond))
     progress.advance(overall)
     wall = time.perf_counter() - start
     batches = sum(-(-len(seeds) // config.batch_size) for seeds in seed_sets)
     scores = _score(metrics, evaluations)
-    record = {
+    record = CellRecord(
         **_common_fields(config, teacher, metrics, seed_sets, identity),
-        "method": cell.label,
-        "solver": {"name": cell.solver.name, "learned": cell.solver.learned, **solver_config,
-                   "hash": identity["solver_hash"], "code_sha256": identity["solver_code"],
-                   **({"state_sha256": sha256_of(out_dir / STATE_FILE)} if cell.solver.learned else {})},
-        "nfe": cell.nfe,
-        "nfe_measured": stats.nfe / batches,
-        "nfe_convention": "denoiser evaluations per sample counted by the executor; CFG pair = 1",
+        method=cell.label,
+        solver={"name": cell.solver.name, "learned": cell.solver.learned, **solver_config,
+                "hash": identity["solver_hash"], "code_sha256": identity["solver_code"],
+                **({"state_sha256": sha256_of(out_dir / STATE_FILE)} if cell.solver.learned else {})},
+        nfe=cell.nfe,
+        nfe_measured=stats.nfe / batches,
+        nfe_convention="denoiser evaluations per sample counted by the executor; CFG pair = 1",
         **scores,
-        "sample_checksums": sample_checksums([e.samples for e in evaluations], seed_sets),
-        "wall_time_s": round(wall, 3),
-        "denoiser_time_s": round(stats.denoiser_seconds, 3),
-        "peak_memory_mb": round(_peak_memory_mb(), 1),
-        "training": cell.solver.summary if cell.solver.learned else None,
+        sample_checksums=sample_checksums([e.samples for e in evaluations], seed_sets),
+        wall_time_s=round(wall, 3),
+        denoiser_time_s=round(stats.denoiser_seconds, 3),
+        peak_memory_mb=round(_peak_memory_mb(), 1),
+        training=cell.solver.summary if cell.solver.learned else None,
         **({"schedule_tuning": cell.schedule_tuning} if cell.schedule_tuning else {}),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+        time_s=phases.since(before),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
     def write() -> None:
         save_grid(teacher.decode(evaluations[0].samples[:GRID_SIZE]), out_dir / "samples.png")
@@ -387,7 +406,7 @@ def prepare_learned(teacher, cell: Cell, out_dir: Path, progress: Progress) -> T
             cache = TrajectoryCache.for_split(teacher, split, size)
             task = progress.add_task(f"{teacher.name}: {split} trajectories ({len(cache.seeds)})", total=len(cache.seeds))
             cache.generate(on_samples=lambda n, task=task: progress.advance(task, n),
-                           on_wait=_waiting(progress.console, cache.directory, "generating these trajectories"))
+                           on_wait=announce_wait(progress.console, cache.directory, "generating these trajectories"))
             data.append({k: v for k, v in cache.load().items() if k in ("noise", "x0", "cond")})
         solver.fit(teacher, nfe, *data, progress=progress, checkpoint_path=out_dir / "fit-checkpoint.pt")
 

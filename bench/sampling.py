@@ -15,7 +15,6 @@ from gasbench.core.faults import fault_point
 from gasbench.core.seeds import noise_and_conditions
 from gasbench.solvers.executor import ExecutionStats, Table, execute
 
-
 AUTO_BATCH = 0  # RunConfig.batch_size meaning "choose from free memory"
 CPU_BATCH = 256
 

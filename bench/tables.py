@@ -28,9 +28,9 @@ from typing import Optional
 import pandas as pd
 
 from gasbench.core.errors import GasbenchError
+from gasbench.core.records import TEACHER_LABEL, iter_records
 from gasbench.metrics import get_metric
 from gasbench.paper import base_method, paper_numbers
-from gasbench.core.records import TEACHER_LABEL, iter_records
 
 FORMATS = ("markdown", "latex", "csv")
 # What a cell cost, recorded with it and tabled like a metric (lower is better): the learned
@@ -152,8 +152,9 @@ def default_metrics(teacher: str) -> tuple[str, ...]:
     try:
         factory = TEACHERS.resolve(teacher).obj
     except GasbenchError:  # a plugin teacher that is not loaded now
-        return Teacher.default_metrics
-    return getattr(factory, "default_metrics", Teacher.default_metrics)
+        return Teacher.protocol.metrics
+    # a factory function's teacher is only known once built: the default protocol's
+    return (factory.protocol if isinstance(factory, type) else Teacher.protocol).metrics
 
 
 def _default_metric(frame: pd.DataFrame, teacher: str) -> str:

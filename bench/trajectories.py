@@ -27,11 +27,12 @@ from safetensors.torch import save
 from gasbench.core import distributed, locks
 from gasbench.core.errors import GasbenchError
 from gasbench.core.faults import fault_point
+from gasbench.core.phases import phase
 from gasbench.core.records import write_atomic, write_json_atomic
 from gasbench.core.registry import SOLVERS
 from gasbench.core.seeds import SPLIT_ENDS, SPLIT_SIZES, SPLIT_STARTS, noise_and_conditions
-from gasbench.solvers.executor import execute
 from gasbench.core.weights import gasbench_home
+from gasbench.solvers.executor import execute
 
 CACHE_VERSION = 2
 TENSORS = ("seeds", "noise", "x0")
@@ -192,7 +193,9 @@ class TrajectoryCache:
                     self._read_shard(index)  # a damaged shard stops here with a clear message
                 else:
                     noise, cond = noise_and_conditions(self.teacher, seeds)
-                    tensors = {"seeds": torch.tensor(seeds), "noise": noise.float(), **self._solve(table, noise, cond)}
+                    with phase("teacher_solves"):
+                        solved = self._solve(table, noise, cond)
+                    tensors = {"seeds": torch.tensor(seeds), "noise": noise.float(), **solved}
                     if cond is not None:
                         tensors["cond"] = cond
                     write_atomic(self.shard_path(index), save(tensors, metadata={"key": self.digest}))

@@ -20,8 +20,9 @@ from typing import Any
 from rich.console import Console
 
 from gasbench.core.errors import GasbenchError
-from gasbench.metrics import Evaluation, get_metric
+from gasbench.core.progress import announce_wait
 from gasbench.core.registry import SCHEDULES
+from gasbench.metrics import Evaluation, get_metric
 from gasbench.sampling import sample_seeds
 from gasbench.trajectories import TrajectoryCache
 
@@ -52,7 +53,7 @@ def tune_schedules(cells: list, teacher, batch_size: int, console: Console) -> N
     cache = TrajectoryCache.for_split(teacher, SPLIT)
     console.print(f"{teacher.name}: tuning schedules on {len(cache.seeds):,} {SPLIT} samples "
                   f"(seeds {cache.seeds[0]}-{cache.seeds[-1]}), by {METRIC}")
-    cache.generate(on_wait=lambda: console.print(f"{cache.directory}: waiting for another process"))
+    cache.generate(on_wait=announce_wait(console, cache.directory, "generating these trajectories"))
     solved = cache.load()
     metric = get_metric(METRIC)
     for cell in pending:

@@ -27,10 +27,10 @@ import torch
 from gasbench.core.errors import GasbenchError
 from gasbench.core.records import TEACHER_LABEL, read_record
 from gasbench.core.registry import SOLVERS
+from gasbench.core.weights import sha256_of
 from gasbench.sampling import sample_seeds
 from gasbench.teachers.load import load_teacher
 from gasbench.trajectories import TrajectoryCache
-from gasbench.core.weights import sha256_of
 
 CHECKED_SEEDS = 16  # per-sample checksums kept in a record (the first seeds of its first seed set)
 SEED_DIGEST = 16  # hex digits of a sample's sha256 kept: 64 bits tell a changed sample

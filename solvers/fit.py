@@ -5,6 +5,12 @@ teacher's reference solution from the same noise (GAS Eq. 7), Adam with gradient
 the solver samples with, and periodic checkpoints so a fit resumes where it stopped and ends with
 the same parameters as an uninterrupted one.
 
+Early stopping (``patience`` > 0, the CPU budget's rule for every method): every
+``validate_every`` iterations the EMA parameters are scored on the first :data:`STOP_PAIRS`
+validation pairs; the fit stops once ``patience`` checks in a row have not lowered the best of
+those losses by :data:`MIN_IMPROVEMENT` (relative). ``iterations`` stays the cap. The papers' and
+the matched budgets train their full iteration count (``patience = 0``), as the papers do.
+
 What a fit trains (parameters, EMA, optimiser, random state, relaxed start offsets, pass counts)
 lives in one :class:`_Run` for the length of :func:`fit`; the solver keeps only what its contract
 reads afterwards: the EMA parameters, the summary, and the relaxed objective's radius and final
@@ -29,12 +35,15 @@ from rich.progress import Progress, TextColumn
 from gasbench.core import distributed
 from gasbench.core.errors import GasbenchError
 from gasbench.core.faults import fault_point
+from gasbench.core.phases import phase
 from gasbench.core.progress import Bars
 from gasbench.core.records import write_atomic
 from gasbench.teachers.base import NetworkPasses
 
 CHECKPOINT_FORMAT = "gasbench.learned_solver_checkpoint.v2"
 RECENT_LOSSES = 50  # the progress bar shows the mean loss of this many last iterations
+STOP_PAIRS = 100  # validation pairs the early-stopping checks score (a tenth of GS's 1,000: cheap)
+MIN_IMPROVEMENT = 0.01  # a check improves on the best when it is this much lower, relative
 
 
 @dataclass
@@ -57,6 +66,11 @@ class FitResult:
     # the teacher's reference solutions the fit read (train + validation pairs) and their passes
     teacher_solves: int = 0
     teacher_passes: int = 0
+    # early stopping: the rule (patience 0: off), the iteration a fit stopped at (None: ran to
+    # the cap) and the checks' (iteration, loss on the first STOP_PAIRS validation pairs)
+    early_stopping: dict[str, Any] = field(default_factory=dict)
+    stopped_at: Optional[int] = None
+    validation_curve: list[list[float]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +93,17 @@ def ema_decay(decay: float, updates: int) -> float:
     so short CPU budgets still average over their last iterations rather than keep the
     initialisation."""
     return min(decay, (1 + updates) / (10 + updates))
+
+
+def checks_without_improvement(losses: list[float]) -> int:
+    """Checks since the last one that lowered the best loss so far by :data:`MIN_IMPROVEMENT`."""
+    best, since = math.inf, 0
+    for loss in losses:
+        if loss < best * (1 - MIN_IMPROVEMENT):
+            best, since = loss, 0
+        else:
+            since += 1
+    return since
 
 
 @contextlib.contextmanager
@@ -120,6 +145,7 @@ class _Run:
         self.radius = float(solver.start_radius(teacher, nfe))
         self.offsets = torch.zeros(train["noise"].shape, dtype=torch.float64) if self.radius > 0 else None
         self.iteration, self.recent, self.initial_loss, self.elapsed = 0, [], None, 0.0
+        self.curve, self.stopped_at = [], None
         self.passes, self.validation_passes = NetworkPasses(), NetworkPasses()
         self.identity = json.dumps(solver._identity(teacher, nfe, budget=False), sort_keys=True)
 
@@ -147,6 +173,7 @@ class _Run:
         self.passes = NetworkPasses(**state["passes"])
         self.validation_passes = NetworkPasses(**state["validation_passes"])
         self.initial_loss, self.elapsed = state["initial_validation_loss"], state["elapsed_s"]
+        self.curve, self.stopped_at = [list(point) for point in state["curve"]], state["stopped_at"]
 
     def save(self, path: Optional[Path], iteration: int) -> None:
         """Checkpoint after ``iteration`` iterations (rank 0 only), atomically."""
@@ -159,7 +186,8 @@ class _Run:
                     "start_offsets": self.offsets, "passes": asdict(self.passes),
                     "validation_passes": asdict(self.validation_passes),
                     "generator": self.generator.get_state(), "recent": self.recent,
-                    "initial_validation_loss": self.initial_loss, "elapsed_s": self.wall_time()}, buffer)
+                    "initial_validation_loss": self.initial_loss, "elapsed_s": self.wall_time(),
+                    "curve": self.curve, "stopped_at": self.stopped_at}, buffer)
         write_atomic(Path(path), buffer.getvalue())
 
     def step(self, teacher, nfe: int, batch: dict[str, torch.Tensor], iteration: int) -> float:
@@ -173,6 +201,19 @@ class _Run:
                 self.ema[k].lerp_(self.params[k], 1 - decay)
         self.recent = (self.recent + [value])[-RECENT_LOSSES:]
         return sum(self.recent) / len(self.recent)
+
+    def check(self, teacher, nfe: int, validation: dict[str, torch.Tensor], iterations: int) -> bool:
+        """After ``iterations`` iterations: score the EMA for early stopping when a check is due;
+        True when the fit should stop here."""
+        cfg = self.solver.config
+        every, patience = cfg["validate_every"], cfg["patience"]
+        if every <= 0 or iterations % every:
+            return False
+        subset = {k: v[:STOP_PAIRS] for k, v in validation.items()}
+        with phase("validation"), counting_passes(teacher, self.validation_passes):
+            loss = self.solver.evaluate(self.ema, teacher, nfe, subset)
+        self.curve.append([iterations, loss])
+        return patience > 0 and checks_without_improvement([point[1] for point in self.curve]) >= patience
 
 
 def fit(solver, teacher, nfe: int, train: dict[str, torch.Tensor], validation: dict[str, torch.Tensor],
@@ -188,7 +229,8 @@ def fit(solver, teacher, nfe: int, train: dict[str, torch.Tensor], validation: d
     resumed_at = run.iteration
     if run.initial_loss is None:
         with counting_passes(teacher, run.validation_passes):
-            run.initial_loss = solver.evaluate(run.params, teacher, nfe, validation)
+            with phase("validation"):
+                run.initial_loss = solver.evaluate(run.params, teacher, nfe, validation)
     size = len(train["x0"])
     if isinstance(progress, Progress):  # a caller's live display (gasbench run)
         bar, display = progress, contextlib.nullcontext()
@@ -196,17 +238,25 @@ def fit(solver, teacher, nfe: int, train: dict[str, torch.Tensor], validation: d
         bar = display = Bars(TextColumn("loss {task.fields[loss]:.4f}"), enabled=bool(progress) and distributed.is_main())
     with display:
         task = bar.add_task(f"[bold]fit {solver.name} NFE {nfe}", total=cfg["iterations"], completed=resumed_at, loss=math.nan)
-        for iteration in range(resumed_at, cfg["iterations"]):
+        cap = cfg["iterations"] if run.stopped_at is None else resumed_at  # a stopped fit stays stopped
+        for iteration in range(resumed_at, cap):
             index = distributed.shard(epoch_batch(size, batch_size, iteration, cfg["seed"]))
             batch = {**{k: v[index] for k, v in train.items()}, "index": index}
-            bar.update(task, advance=1, loss=run.step(teacher, nfe, batch, iteration))
+            with phase("fit_step"):
+                loss = run.step(teacher, nfe, batch, iteration)
+            bar.update(task, advance=1, loss=loss)
+            if run.check(teacher, nfe, validation, iteration + 1):
+                run.stopped_at = iteration + 1
+                bar.update(task, total=iteration + 1)
+                break
             if (iteration + 1) % checkpoint_every == 0 and iteration + 1 < cfg["iterations"]:
                 run.save(checkpoint_path, iteration + 1)
             fault_point("fit-iteration")
-    iterations = max(resumed_at, cfg["iterations"])
+    iterations = run.stopped_at or max(resumed_at, cfg["iterations"])
     run.save(checkpoint_path, iterations)
     with counting_passes(teacher, run.validation_passes):
-        final_loss = solver.evaluate(run.ema, teacher, nfe, validation)
+        with phase("validation"):
+            final_loss = solver.evaluate(run.ema, teacher, nfe, validation)
     forward, backward = distributed.sum_over_ranks([run.passes.forward, run.passes.backward])  # each rank its slice
     solves = size + len(validation["x0"])
     reference = getattr(teacher, "reference", None)
@@ -218,6 +268,9 @@ def fit(solver, teacher, nfe: int, train: dict[str, torch.Tensor], validation: d
         passes={"forward": int(forward), "backward": int(backward), "total": int(forward + backward)},
         validation_passes=run.validation_passes.forward, teacher_solves=solves,
         teacher_passes=solves * reference.nfe if reference is not None else 0,
+        early_stopping={"patience": cfg["patience"], "validate_every": cfg["validate_every"], "cap": cfg["iterations"],
+                        "pairs": min(STOP_PAIRS, len(validation["x0"])), "min_improvement": MIN_IMPROVEMENT},
+        stopped_at=run.stopped_at, validation_curve=run.curve,
     )
     solver.adopt(run.ema, teacher, nfe, result, run.radius, run.offsets)
     return result

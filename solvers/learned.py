@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gasbench.core import distributed
 from gasbench.core.errors import GasbenchError
+from gasbench.core.phases import phase
 from gasbench.core.records import write_atomic
 from gasbench.solvers.base import Solver
 from gasbench.solvers.executor import AdaptiveTable, SolverTable, Table, execute, per_sample
@@ -52,6 +53,10 @@ TRAINING_OPTIONS = {
     "train_size": 1400,
     "seed": 0,
     "checkpointing": False,
+    # early stopping (gasbench.solvers.fit): checks every validate_every iterations (0: none), and
+    # the fit stops after patience checks without improvement (0: runs to `iterations`)
+    "validate_every": 25,
+    "patience": 2,
 }
 
 
@@ -215,7 +220,8 @@ class LearnedSolver(Solver):
         total = 0.0
         for loss, where in losses:
             value = self.finite_loss(loss, iteration, nfe, where)
-            loss.backward()
+            with phase("backward"):
+                loss.backward()
             total += value
         trainable = self.trainable(iteration)
         if trainable is not None:  # Adam and RMSprop leave parameters without a gradient as they are

@@ -31,7 +31,7 @@ from gasbench.solvers.executor import AdaptiveRun, AdaptiveTable, SolverTable, t
 from gasbench.solvers.gs import PORTION_EPS, derivative_basis
 from gasbench.solvers.handcrafted import dpmpp_update
 from gasbench.solvers.learned import LearnedSolver
-from gasbench.teachers.base import VPLinearTime
+from gasbench.teachers.time import VPLinearTime
 from gasbench.teachers.release import RELEASE_DATASET_OF_TEACHER, RELEASE_STUDENT_T_EPS, read_release_student
 
 # --- the release's noise schedules and time steps ------------------------------------------------
@@ -66,7 +66,7 @@ def release_time(teacher) -> tuple[Union[VPLinearTime, DiscreteVPTime], Any]:
     discrete-time one the teacher's own time (t = (k + 1) / N at timestep k, log sigma interpolated
     between), since the release feeds timestep 1000 t - 1.
     """
-    from gasbench.teachers.diffusers_teacher import DiscreteVPSchedule
+    from gasbench.teachers.time import DiscreteVPSchedule
 
     if isinstance(teacher.time, DiscreteVPSchedule):
         return DiscreteVPTime(torch.sigmoid(-2 * teacher.time.log_sigmas)), teacher.time  # abar = 1 / (1 + sigma^2)

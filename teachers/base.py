@@ -9,7 +9,7 @@ sigma = sqrt((1 - alphabar) / alphabar), x_vp = x / sqrt(1 + sigma^2), D = x - s
 
 from __future__ import annotations
 
-import math
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,25 +18,10 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from gasbench.core.errors import GasbenchError
-from gasbench.core.weights import WeightsSource
-
-
-@dataclass(frozen=True)
-class VPLinearTime:
-    """The VP-linear diffusion time of Song et al. (2021): sigma(t)^2 = exp(beta_d t^2/2 + beta_min t) - 1.
-
-    Time-based schedules (time-uniform, time-quadratic, GITS) are defined in this t.
-    """
-
-    beta_min: float = 0.1
-    beta_d: float = 19.9
-
-    def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(torch.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t))
-
-    def t(self, sigma: float) -> float:
-        log_term = math.log1p(sigma**2)
-        return (math.sqrt(self.beta_min**2 + 2 * self.beta_d * log_term) - self.beta_min) / self.beta_d
+from gasbench.core.phases import phase
+from gasbench.core.weights import WeightsSource, weights_dir
+from gasbench.teachers.protocol import EvaluationProtocol
+from gasbench.teachers.time import VPLinearTime
 
 
 @dataclass(frozen=True)
@@ -52,6 +37,49 @@ class ReferenceSolver:
         return {"solver": self.solver, "nfe": self.nfe, "schedule": self.schedule, **self.options}
 
 
+@dataclass(frozen=True)
+class WeightsDeclaration:
+    """The pretrained weights a teacher kind loads, as `gasbench teachers` lists them.
+
+    One of: a release file (``source``: looked for in ``$GASBENCH_HOME/weights``, downloaded from
+    its URL, pinned by its sha256), a file that ships with gasbench (``shipped`` and its ``pin``),
+    a diffusers hub pipeline (``hub_id``), or nothing (analytic teachers, the default).
+    """
+
+    source: Optional[WeightsSource] = None
+    shipped: Optional[Path] = None
+    pin: Optional[str] = None
+    hub_id: Optional[str] = None
+    # how a shipped file is rebuilt, or what a teacher without weights is
+    note: str = ""
+
+    @property
+    def path(self) -> Optional[Path]:
+        """The file looked for (None for a hub pipeline or no weights)."""
+        return weights_dir() / self.source.filename if self.source is not None else self.shipped
+
+    @property
+    def sha256(self) -> Optional[str]:
+        """The pinned sha256 of :attr:`path` (None: not pinned)."""
+        return self.source.sha256 if self.source is not None else self.pin
+
+    def obtained(self) -> str:
+        """How the weights are obtained."""
+        if self.source is not None:
+            return self.source.url or "its authors (no public URL)"
+        if self.hub_id is not None:
+            return "downloaded by diffusers on first use, or --weights FOLDER"
+        return self.note
+
+
+def declared_weights(factory: Any) -> WeightsDeclaration:
+    """The weights declaration of a registered teacher factory: a Teacher class's
+    :attr:`Teacher.weights`, or the ``weights`` a factory function was given (none: no weights)."""
+    if isinstance(factory, type):
+        return factory.weights
+    return vars(factory).get("weights", WeightsDeclaration())
+
+
 class Teacher(ABC):
     """A diffusion model in EDM sigma-space, plus everything a benchmark needs to know about it."""
 
@@ -65,8 +93,10 @@ class Teacher(ABC):
     time: VPLinearTime = VPLinearTime()
     reference: ReferenceSolver
     weights_sha256: Optional[str] = None
-    # metrics of `gasbench run` when --metrics is not given
-    default_metrics: tuple[str, ...] = ("rmse", "psnr")
+    # how its cells are scored when the command line does not say: metrics, samples, real images
+    protocol: EvaluationProtocol = EvaluationProtocol()
+    # the pretrained weights this teacher kind loads; `gasbench teachers` lists them
+    weights: ClassVar[WeightsDeclaration] = WeightsDeclaration()
     # feature space of the domain FD and precision/recall (gasbench.features); None: Inception only
     domain_space: Optional[str] = None
 
@@ -76,11 +106,6 @@ class Teacher(ABC):
     # --device/--precision``); the solvers' own arithmetic stays in the caller's dtype
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"
-    # the pretrained weights this teacher loads (None: analytic, built in, or a hub pipeline);
-    # `gasbench teachers` lists them and where they are looked for
-    weights_source: ClassVar[Optional["WeightsSource"]] = None
-    # evaluation samples per cell when `gasbench run -n` is not given: the papers' FID protocol
-    evaluation_samples: int = 50_000
     # the training budget learned solvers get when `gasbench run --budget` is not given: ``paper``
     # (each method's own paper's settings) on the papers' teachers, ``cpu`` on the built-in ones
     default_budget: str = "paper"
@@ -88,12 +113,6 @@ class Teacher(ABC):
     modality: str = "pixel"
     # while a learned solver trains, the per-sample network passes its denoiser calls make
     passes: Optional["NetworkPasses"] = None
-    # the user's real images for FID / precision / recall (a folder, .zip or .npz of images);
-    # without one, REAL_IMAGES is looked for in $GASBENCH_HOME/real_images (as a file or a folder)
-    reference_images: Optional[Path] = None
-    REAL_IMAGES: ClassVar[Optional[str]] = None
-    # FID on all the real images (the papers' protocol); the CPU teachers use a subset
-    full_reference_set: bool = True
 
     def modules(self) -> list[torch.nn.Module]:
         """The networks :meth:`to` moves (none for analytic teachers)."""
@@ -146,18 +165,20 @@ class Teacher(ABC):
             return None
         return torch.cat([torch.randint(self.num_classes, (1,), generator=g) for g in generators])
 
+    def under(self, protocol: EvaluationProtocol) -> "Teacher":
+        """This teacher evaluated under ``protocol`` (e.g. with the user's ``--reference-images``):
+        a shallow copy sharing the networks; this teacher and its class keep their own protocol."""
+        evaluated = copy.copy(self)
+        evaluated.protocol = protocol
+        return evaluated
+
     def real_images(self) -> Optional[tuple[torch.Tensor, str]]:
         """Real images in [0, 1], (N, C, H, W), that distribution metrics compare with, and a
-        description of where they come from: the user's reference set (``gasbench run
-        --reference-images``, else ``REAL_IMAGES`` in ``$GASBENCH_HOME/real_images``), else None.
-        Teachers with their own data override this."""
+        description of where they come from: the protocol's set (:meth:`EvaluationProtocol.real_image_path`),
+        else None. Teachers with their own data override this."""
         from gasbench.core.images import read_image_set
-        from gasbench.core.weights import real_images_dir
 
-        path = self.reference_images
-        if path is None and self.REAL_IMAGES:
-            default = real_images_dir() / self.REAL_IMAGES
-            path = next((p for p in (default, default.with_suffix("")) if p.exists()), None)
+        path = self.protocol.real_image_path()
         return None if path is None else read_image_set(path)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,10 +234,13 @@ class BoundDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         # solvers keep their state where the caller put it (the CPU in gasbench); only the
         # network's input and output cross to the teacher's device
-        return self._finite(self.teacher.denoise(*self._on_device(x, sigma)).to(x.device, x.dtype), x, sigma)
+        with phase("network_forward"):
+            denoised = self.teacher.denoise(*self._on_device(x, sigma))
+        return self._finite(denoised.to(x.device, x.dtype), x, sigma)
 
     def with_features(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        denoised, features = self.teacher.denoise_with_features(*self._on_device(x, sigma))
+        with phase("network_forward"):
+            denoised, features = self.teacher.denoise_with_features(*self._on_device(x, sigma))
         return self._finite(denoised.to(x.device, x.dtype), x, sigma), features.to(x.device)
 
     def _finite(self, denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ from safetensors import SafetensorError
 
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import register_teacher
-from gasbench.teachers.base import ReferenceSolver, Teacher
+from gasbench.teachers.base import ReferenceSolver, Teacher, WeightsDeclaration
+from gasbench.teachers.protocol import EvaluationProtocol
 from gasbench.core.weights import verify_weights
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -23,7 +24,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 class NetworkTeacher(Teacher):
     """A teacher backed by an EDM-preconditioned network ``net(x, sigma, class_labels)`` that also
-    returns its pooled bottleneck with ``bottleneck=True`` (:class:`~gasbench.teachers.networks.EDMPrecond`)."""
+    returns its pooled bottleneck with ``bottleneck=True`` (:class:`~gasbench.teachers.networks.SmallEDMPrecond`)."""
 
     def __init__(self, net: torch.nn.Module, weights_sha256: Optional[str] = None):
         self.net = net.eval().requires_grad_(False)
@@ -46,32 +47,30 @@ class NetworkTeacher(Teacher):
 
 
 class BuiltinTeacher(NetworkTeacher):
-    """A teacher whose weights ship with gasbench under ``WEIGHTS`` with a pinned sha256.
+    """A teacher whose weights ship with gasbench (``weights.shipped``, pinned by ``weights.pin``).
 
     ``weights`` overrides the file (its sha256 is then recorded but not checked against the pin).
     """
 
-    WEIGHTS: Path
-    WEIGHTS_SHA256: str
     num_classes = 10
     domain_space = "classifier"
     # UniPC-3 on logSNR as in GAS Table 17, at NFE 50 rather than 20: against a 200-step
     # DPM-Solver++(3M) solution its RMSE is 0.0009 (digits) and 0.0037 (fashion) at NFE 50, and
     # 0.010 / 0.015 at NFE 20, a quarter to a third of the NFE-10 methods' error.
     reference = ReferenceSolver("unipc", 50, "logsnr", {"order": 3})
-    default_metrics = ("fd", "precision", "recall", "density", "coverage", "rmse", "psnr")
-    # small enough for a CPU; the leaderboards' 3 seed sets give the spread
-    evaluation_samples = 1000
+    # 1,000 samples: small enough for a CPU; the leaderboards' 3 seed sets give the spread
+    protocol = EvaluationProtocol(metrics=("fd", "precision", "recall", "density", "coverage", "rmse", "psnr"),
+                                  samples=1000, full_reference_set=False)
     default_budget = "cpu"
-    full_reference_set = False
 
     def __init__(self, weights: Optional[Path] = None):
         from gasbench.teachers.networks import load_network
 
-        rebuild = f"`gasbench teacher train {self.name} --out {self.WEIGHTS}`"
+        shipped, pin = self.weights.shipped, self.weights.pin
+        rebuild = f"`gasbench teacher train {self.name} --out {shipped}`"
         if weights is None:
-            verify_weights(self.WEIGHTS, self.WEIGHTS_SHA256, f"Reinstall gasbench or rebuild them with {rebuild}.")
-            super().__init__(load_network(self.WEIGHTS), self.WEIGHTS_SHA256)
+            verify_weights(shipped, pin, f"Reinstall gasbench or rebuild them with {rebuild}.")
+            super().__init__(load_network(shipped), pin)
         else:
             from gasbench.core.weights import sha256_of
 
@@ -104,17 +103,19 @@ class BuiltinTeacher(NetworkTeacher):
         return (images + 1) / 2, description
 
 
-@register_teacher("digits", description="EDM UNet trained by gasbench on sklearn 8x8 digits, class-conditional (CPU default)")
-class DigitsTeacher(BuiltinTeacher):
-    name = "digits"
-    shape = (1, 8, 8)
-    WEIGHTS = WEIGHTS_DIR / "digits.safetensors"
-    WEIGHTS_SHA256 = "1f899fa72c2f9e66e02dc5dc65af2932bdbf2092a60b23d86cae6a5813df9022"
+def _register_builtin(name: str, class_name: str, shape: tuple[int, int, int], sha256: str, description: str) -> type:
+    weights = WeightsDeclaration(shipped=WEIGHTS_DIR / f"{name}.safetensors", pin=sha256,
+                                 note=f"ships with gasbench (`gasbench teacher train {name}`)")
+    cls = type(class_name, (BuiltinTeacher,), {"name": name, "shape": shape, "weights": weights, "__module__": __name__,
+                                               "__doc__": f"The built-in {name} teacher."})
+    return register_teacher(name, description=description)(cls)
 
 
-@register_teacher("fashion", description="EDM UNet trained by gasbench on Fashion-MNIST 28x28, class-conditional")
-class FashionTeacher(BuiltinTeacher):
-    name = "fashion"
-    shape = (1, 28, 28)
-    WEIGHTS = WEIGHTS_DIR / "fashion.safetensors"
-    WEIGHTS_SHA256 = "9bb4627ecd05d6ecf098efc2d6fc0d09a013486fab065b430ae8eb337b522d59"
+# the built-in teachers: name -> (class name, sample shape, sha256 of the committed weights, description)
+BUILTIN_TEACHERS = {
+    "digits": ("DigitsTeacher", (1, 8, 8), "1f899fa72c2f9e66e02dc5dc65af2932bdbf2092a60b23d86cae6a5813df9022",
+               "EDM UNet trained by gasbench on sklearn 8x8 digits, class-conditional (CPU default)"),
+    "fashion": ("FashionTeacher", (1, 28, 28), "9bb4627ecd05d6ecf098efc2d6fc0d09a013486fab065b430ae8eb337b522d59",
+                "EDM UNet trained by gasbench on Fashion-MNIST 28x28, class-conditional"),
+}
+DigitsTeacher, FashionTeacher = (_register_builtin(name, *spec) for name, spec in BUILTIN_TEACHERS.items())

@@ -2,7 +2,8 @@
 
 A diffusers pipeline is a network, a scheduler config that says how the network was trained, and
 optionally a VAE. gasbench solves in EDM sigma-space (x = x_0 + sigma * eps, Karras et al., 2022),
-so each kind of training schedule is converted to that space by a small :class:`NoiseSchedule`:
+so each kind of training schedule is converted to that space by a small
+:class:`~gasbench.teachers.time.NoiseSchedule`:
 
 * discrete VP (DDPM/DDIM/PNDM/DPM-Solver/Euler configs; Ho et al., 2020): x_vp = x / sqrt(1 + sigma^2)
   with sigma_k = sqrt((1 - alphabar_k) / alphabar_k); a continuous sigma is fed as the fractional
@@ -24,223 +25,23 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import math
 import os
 import re
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
 from gasbench.core.errors import GasbenchError
-from gasbench.solvers.executor import per_sample
-from gasbench.teachers.base import ReferenceSolver, Teacher
 from gasbench.core.weights import sha256_of
+from gasbench.teachers.base import ReferenceSolver, Teacher
+from gasbench.teachers.time import schedule_from_config
 
 # UniPC-3 on logSNR, GAS Table 17's pixel-space teacher solver, at NFE 50 as the built-in
 # teachers use (20 in the paper): a diffusers model of unknown smoothness gets the margin.
 DEFAULT_REFERENCE = ReferenceSolver("unipc", 50, "logsnr", {"order": 3})
 
-VP_SCHEDULERS = {
-    "DDPMScheduler", "DDIMScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler", "PNDMScheduler",
-    "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler",
-    "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler",
-    "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "LMSDiscreteScheduler",
-    "UniPCMultistepScheduler", "DEISMultistepScheduler", "LCMScheduler", "TCDScheduler",
-}
-EDM_SCHEDULERS = {"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"}
-FLOW_SCHEDULERS = {"FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"}
 SUPPORTED_MODELS = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel")
-
-
-class NoiseSchedule(ABC):
-    """A diffusers training schedule seen from EDM sigma-space.
-
-    ``sigma(t)`` / ``t(sigma)`` define the schedule's own diffusion time (what the time-based
-    schedules of :mod:`gasbench.solvers.schedules` are uniform in, so an instance serves as
-    :attr:`Teacher.time`); ``model_input`` and ``to_denoised`` wrap one network call.
-    """
-
-    kind: str
-    prediction_type: str
-    sigma_min: float
-    sigma_max: float
-    sigma_data: float = 0.5
-
-    @abstractmethod
-    def sigma(self, t: torch.Tensor) -> torch.Tensor: ...
-
-    @abstractmethod
-    def t(self, sigma: float) -> float: ...
-
-    @abstractmethod
-    def model_input(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(network input, timestep (B,)) for x = x_0 + sigma * eps with per-sample sigma (B,)."""
-
-    @abstractmethod
-    def to_denoised(self, output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The x_0 estimate D(x, sigma) from the network's output on :meth:`model_input`."""
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "prediction_type": self.prediction_type}
-
-
-class DiscreteVPSchedule(NoiseSchedule):
-    """A DDPM-style discrete schedule (Ho et al., 2020): alphabar_k, k = 0..N-1.
-
-    sigma_k = sqrt((1 - alphabar_k) / alphabar_k). Between grid points log-sigma is linear in the
-    fractional timestep k (the network's sinusoidal embedding takes any real k), which is both the
-    timestep fed to the network and, as t = (k + 1) / N in (0, 1], the diffusion time.
-    Predictions (x_vp = x / sqrt(1 + sigma^2), alpha = 1 / sqrt(1 + sigma^2)):
-    epsilon: D = x - sigma * eps; v_prediction (Salimans & Ho, 2022, Sec. 4):
-    D = alpha * x_vp - sigma * alpha * v; sample: D = output.
-    """
-
-    kind = "discrete-vp"
-    PREDICTIONS = ("epsilon", "v_prediction", "sample")
-
-    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon"):
-        if prediction_type not in self.PREDICTIONS:
-            raise GasbenchError(f"unsupported prediction_type '{prediction_type}' for a VP schedule; "
-                                f"supported: {', '.join(self.PREDICTIONS)}.")
-        abar = alphas_cumprod.to(torch.float64)
-        self.prediction_type = prediction_type
-        self.log_sigmas = (0.5 * (torch.log1p(-abar) - torch.log(abar)))
-        self.steps = len(abar)
-        self.sigma_min, self.sigma_max = math.exp(self.log_sigmas[0]), math.exp(self.log_sigmas[-1])
-
-    def _sigma_at(self, k: torch.Tensor) -> torch.Tensor:
-        # linear in log-sigma, extrapolated from the end intervals (learned times may overshoot)
-        low = k.detach().floor().clamp(0, self.steps - 2).long()
-        w = k - low
-        log_sigmas = self.log_sigmas.to(k.device)
-        return torch.exp((1 - w) * log_sigmas[low] + w * log_sigmas[low + 1])
-
-    def _timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        log_sigma = torch.log(sigma.to(torch.float64))
-        log_sigmas = self.log_sigmas.to(log_sigma.device)
-        high = torch.searchsorted(log_sigmas, log_sigma.contiguous()).clamp(1, self.steps - 1)
-        w = (log_sigma - log_sigmas[high - 1]) / (log_sigmas[high] - log_sigmas[high - 1])
-        return (high - 1 + w).clamp(0, self.steps - 1)
-
-    def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        return self._sigma_at(t.to(torch.float64) * self.steps - 1)
-
-    def t(self, sigma: float) -> float:
-        return (float(self._timestep(torch.tensor([sigma], dtype=torch.float64))) + 1) / self.steps
-
-    def model_input(self, x, sigma):
-        return x / per_sample((1 + sigma**2).sqrt(), x), self._timestep(sigma)
-
-    def to_denoised(self, output, x, sigma):
-        s = per_sample(sigma, x)
-        if self.prediction_type == "epsilon":
-            return x - s * output
-        if self.prediction_type == "v_prediction":
-            alpha = 1 / (1 + s**2).sqrt()
-            return alpha * (alpha * x) - s * alpha * output
-        return output
-
-
-class EDMSchedule(NoiseSchedule):
-    """EDM preconditioning (Karras et al., 2022, Table 1) as diffusers' EDM schedulers define it.
-
-    c_in = 1 / sqrt(sigma^2 + sigma_data^2), c_noise = log(sigma) / 4, c_skip = sigma_data^2 /
-    (sigma^2 + sigma_data^2), c_out = +-sigma * sigma_data / sqrt(sigma^2 + sigma_data^2) (minus for
-    v_prediction). The diffusion time is sigma itself (EDM's sigma(t) = t).
-    """
-
-    kind = "edm"
-    PREDICTIONS = ("epsilon", "v_prediction")
-
-    def __init__(self, sigma_min: float, sigma_max: float, sigma_data: float = 0.5, prediction_type: str = "epsilon"):
-        if prediction_type not in self.PREDICTIONS:
-            raise GasbenchError(f"unsupported prediction_type '{prediction_type}' for an EDM schedule; "
-                                f"supported: {', '.join(self.PREDICTIONS)} (as diffusers' EDM schedulers).")
-        self.sigma_min, self.sigma_max, self.sigma_data = float(sigma_min), float(sigma_max), float(sigma_data)
-        self.prediction_type = prediction_type
-
-    def sigma(self, t):
-        return t.to(torch.float64)
-
-    def t(self, sigma):
-        return float(sigma)
-
-    def model_input(self, x, sigma):
-        return x / per_sample((sigma**2 + self.sigma_data**2).sqrt(), x), 0.25 * torch.log(sigma)
-
-    def to_denoised(self, output, x, sigma):
-        s, sd = per_sample(sigma, x), self.sigma_data
-        c_out = s * sd / (s**2 + sd**2).sqrt()
-        sign = 1 if self.prediction_type == "epsilon" else -1
-        return sd**2 / (s**2 + sd**2) * x + sign * c_out * output
-
-
-class FlowMatchSchedule(NoiseSchedule):
-    """Rectified flow (Liu et al., 2023; Lipman et al., 2023): x_t = (1 - t) x_0 + t eps, v = eps - x_0.
-
-    sigma = t / (1 - t) and x_t = (1 - t) x; D = x_t - t v; the network's timestep is t * N. The
-    diffusion time is the unshifted u of diffusers' schedule, t = s u / (1 + (s - 1) u) with
-    ``shift`` s (Esser et al., 2024, Eq. 23), i.e. sigma = s u / (1 - u): time-uniform steps are
-    the scheduler's own. t = 1 is pure noise (infinite sigma), so sigma_max is the last finite point
-    of the training grid, u = (N - 1) / N, and sigma_min its first, u = 1 / N.
-    """
-
-    kind = "flow-matching"
-    prediction_type = "flow"
-
-    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
-        self.steps, self.shift = int(num_train_timesteps), float(shift)
-        self.sigma_min = float(self.sigma(torch.tensor(1 / self.steps, dtype=torch.float64)))
-        self.sigma_max = float(self.sigma(torch.tensor(1 - 1 / self.steps, dtype=torch.float64)))
-
-    def sigma(self, t):
-        t = t.to(torch.float64)
-        return self.shift * t / (1 - t)
-
-    def t(self, sigma):
-        return float(sigma) / (self.shift + float(sigma))
-
-    def model_input(self, x, sigma):
-        t = sigma / (1 + sigma)
-        return x * per_sample(1 - t, x), t * self.steps
-
-    def to_denoised(self, output, x, sigma):
-        t = per_sample(sigma / (1 + sigma), x)
-        return (1 - t) * x - t * output
-
-    def describe(self):
-        return {**super().describe(), "shift": self.shift}
-
-
-def schedule_from_config(config: dict) -> NoiseSchedule:
-    """The :class:`NoiseSchedule` a diffusers scheduler config describes (by its ``_class_name``)."""
-    name = config.get("_class_name", "")
-    prediction = config.get("prediction_type", "epsilon")
-    if name in FLOW_SCHEDULERS or config.get("use_flow_sigmas"):
-        if config.get("use_dynamic_shifting") or config.get("invert_sigmas"):
-            raise GasbenchError(f"{name} with use_dynamic_shifting (a resolution-dependent shift) or invert_sigmas "
-                                f"is not supported; gasbench needs a fixed `shift` and t = 1 at the noise end.")
-        shift = config.get("flow_shift", 1.0) if config.get("use_flow_sigmas") else config.get("shift", 1.0)
-        return FlowMatchSchedule(config.get("num_train_timesteps", 1000), shift)
-    if name in EDM_SCHEDULERS:
-        return EDMSchedule(config.get("sigma_min", 0.002), config.get("sigma_max", 80.0),
-                           config.get("sigma_data", 0.5), prediction)
-    if name in VP_SCHEDULERS or "beta_schedule" in config or "trained_betas" in config:
-        from diffusers import DDPMScheduler
-
-        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
-        try:
-            abar = DDPMScheduler(**{k: config[k] for k in keys if config.get(k) is not None}).alphas_cumprod
-        except (ValueError, NotImplementedError) as exc:
-            raise GasbenchError(f"the scheduler config ({name or 'no _class_name'}) has an unsupported beta schedule: {exc}") from exc
-        # zero terminal SNR (Lin et al., 2024) puts the last sigma at infinity; keep it finite
-        # at alphabar = 2^-24 as diffusers' Euler scheduler does
-        return DiscreteVPSchedule(abar.clamp(min=2.0**-24), prediction)
-    raise GasbenchError(f"unknown scheduler '{name}': gasbench converts discrete VP (DDPM-family), EDM "
-                        f"({', '.join(sorted(EDM_SCHEDULERS))}) and flow-matching ({', '.join(sorted(FLOW_SCHEDULERS))}) "
-                        f"schedulers.")
 
 
 def _default_condition_kwargs(cond: Optional[torch.Tensor]) -> dict:

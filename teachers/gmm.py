@@ -17,6 +17,7 @@ import torch
 
 from gasbench.core.registry import register_teacher
 from gasbench.teachers.base import ReferenceSolver, Teacher
+from gasbench.teachers.protocol import EvaluationProtocol
 
 
 class GaussianMixtureTeacher(Teacher):
@@ -24,11 +25,11 @@ class GaussianMixtureTeacher(Teacher):
 
     name = "gmm"
     reference = ReferenceSolver("unipc", 50, "logsnr", {"order": 3})
-    evaluation_samples = 1000
+    protocol = EvaluationProtocol(samples=1000, full_reference_set=False)
     default_budget = "cpu"
-    full_reference_set = False
     domain_space = "pixels"
-    REAL_IMAGES = 2000
+    # exact draws from the mixture that stand for its real images
+    REAL_DRAWS = 2000
 
     def __init__(self, means: torch.Tensor, std: float):
         self.means = means.to(torch.float64)
@@ -55,7 +56,7 @@ class GaussianMixtureTeacher(Teacher):
 
     def real_images(self) -> tuple[torch.Tensor, str]:
         """Exact mixture draws (seed 0) as the 'real images' of distribution metrics."""
-        return self.decode(self.sample_data(self.REAL_IMAGES)), f"{self.REAL_IMAGES} exact draws from the mixture, seed 0"
+        return self.decode(self.sample_data(self.REAL_DRAWS)), f"{self.REAL_DRAWS} exact draws from the mixture, seed 0"
 
     def exact_solution(self, x: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
         """The exact ODE flow for a single Gaussian: x - mu scales by sqrt((s^2 + sigma^2))."""

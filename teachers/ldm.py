@@ -38,8 +38,9 @@ import torch
 from gasbench.core import safe_pickle
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import register_teacher
-from gasbench.teachers.base import ReferenceSolver
+from gasbench.teachers.base import ReferenceSolver, WeightsDeclaration
 from gasbench.teachers.diffusers_teacher import DiffusersTeacher
+from gasbench.teachers.protocol import EvaluationProtocol
 from gasbench.core.weights import WeightsSource, converted_weights, gasbench_home, resolve_weights
 
 # ---------------------------------------------------------------------------------------------
@@ -407,26 +408,26 @@ IMAGENET256 = LatentDiffusionConfig(
 @register_teacher(LSUN_BEDROOM.name, description=LSUN_BEDROOM.description)
 class LSUNBedroomTeacher(LatentDiffusionTeacher):
     config = LSUN_BEDROOM
-    weights_source = LSUN_BEDROOM.source
-    REAL_IMAGES = "lsun-bedroom-256.zip"
+    weights = WeightsDeclaration(source=LSUN_BEDROOM.source)
+    protocol = EvaluationProtocol(real_images="lsun-bedroom-256.zip")
 
 
 @register_teacher(IMAGENET256.name, description=IMAGENET256.description)
 class ImageNet256Teacher(LatentDiffusionTeacher):
     config = IMAGENET256
-    weights_source = IMAGENET256.source
-    REAL_IMAGES = "imagenet-256.zip"
+    weights = WeightsDeclaration(source=IMAGENET256.source)
+    protocol = EvaluationProtocol(real_images="imagenet-256.zip")
 
 
 def imagenet256_dit(weights: Optional[Path] = None) -> DiffusersTeacher:
     """DiT-XL/2 at 256 (Peebles & Xie, 2023) with ``imagenet256``'s guidance scale and reference
     solver, so the two networks are benchmarked the same way. ``weights`` is a local copy of the
     pipeline (``DiTPipeline.save_pretrained``); without it diffusers fetches the hub id."""
-    teacher = DiffusersTeacher.from_pretrained(f"{weights or imagenet256_dit.HUB_ID}?guidance={IMAGENET256.guidance_scale}")
+    teacher = DiffusersTeacher.from_pretrained(f"{weights or imagenet256_dit.weights.hub_id}?guidance={IMAGENET256.guidance_scale}")
     teacher.name, teacher.reference = "imagenet256-dit", IMAGENET256.reference
     return teacher
 
 
-imagenet256_dit.HUB_ID = "facebook/DiT-XL-2-256"
+imagenet256_dit.weights = WeightsDeclaration(hub_id="facebook/DiT-XL-2-256")
 register_teacher("imagenet256-dit", description="DiT-XL/2 256 (hub facebook/DiT-XL-2-256) on imagenet256's protocol: "
                                                 "CFG 2.0, UniPC bh2")(imagenet256_dit)

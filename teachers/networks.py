@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from gasbench.core.records import write_atomic
 from torch import nn
+
+from gasbench.core.records import write_atomic
+from gasbench.teachers.preconditioning import edm_scalings
 
 # safetensors serialises its metadata map in arbitrary order, so all fields go, as one JSON object
 # with sorted keys, under a single key: the same weights and fields then give the same bytes.
@@ -268,11 +270,10 @@ class SmallUNet(nn.Module):
         return (out, pooled) if bottleneck else out
 
 
-class EDMPrecond(nn.Module):
-    """The EDM denoiser D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) (EDM Eq. 7, Table 1).
-
-    c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2),
-    c_in = 1 / sqrt(sigma^2 + sd^2), c_noise = ln(sigma) / 4, with sd = ``config.sigma_data``.
+class SmallEDMPrecond(nn.Module):
+    """The small UNet behind EDM's preconditioning: D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)
+    (EDM Eq. 7), scaled by :func:`~gasbench.teachers.preconditioning.edm_scalings` with
+    sd = ``config.sigma_data``. (EDM's released networks are :mod:`gasbench.teachers.edm_networks`.)
     """
 
     def __init__(self, config: UNetConfig):
@@ -300,15 +301,10 @@ class EDMPrecond(nn.Module):
         sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
         if sigma.shape != (x.shape[0],):
             raise ValueError(f"sigma must be a scalar or of shape ({x.shape[0]},): {sigma.shape}")
-        sd = self.sigma_data
-        sigma_4d = sigma.reshape(-1, 1, 1, 1)
-        c_skip = sd**2 / (sigma_4d**2 + sd**2)
-        c_out = sigma_4d * sd / (sigma_4d**2 + sd**2).sqrt()
-        c_in = 1.0 / (sd**2 + sigma_4d**2).sqrt()
-        c_noise = sigma.log() / 4.0
+        c_skip, c_out, c_in, c_noise = edm_scalings(sigma.reshape(-1, 1, 1, 1), self.sigma_data)
         x_outer = x.to(outer_dtype)
         net_out = self.model(
-            (c_in * x_outer).to(torch.float32), c_noise.to(torch.float32), class_labels, bottleneck
+            (c_in * x_outer).to(torch.float32), c_noise.flatten().to(torch.float32), class_labels, bottleneck
         )
         net_out, features = net_out if bottleneck else (net_out, None)
         denoised = (c_skip * x_outer + c_out * net_out.to(outer_dtype)).to(x.dtype)
@@ -321,7 +317,7 @@ def count_parameters(net: nn.Module) -> int:
 
 
 def save_network(
-    net: EDMPrecond, path: Union[str, Path], extra_metadata: Optional[dict[str, Any]] = None
+    net: SmallEDMPrecond, path: Union[str, Path], extra_metadata: Optional[dict[str, Any]] = None
 ) -> None:
     """Write ``net``'s weights and config to a safetensors file, atomically.
 
@@ -353,10 +349,10 @@ def read_network_metadata(path: Union[str, Path]) -> dict[str, str]:
     return fields
 
 
-def load_network(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> EDMPrecond:
-    """Rebuild the :class:`EDMPrecond` saved by :func:`save_network`, in eval mode."""
+def load_network(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> SmallEDMPrecond:
+    """Rebuild the :class:`SmallEDMPrecond` saved by :func:`save_network`, in eval mode."""
     metadata = read_network_metadata(path)
     config = UNetConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
-    net = EDMPrecond(config)
+    net = SmallEDMPrecond(config)
     net.load_state_dict(load_file(str(path), device=str(device)))
     return net.to(device).eval()

@@ -29,10 +29,11 @@ import torch
 
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import register_teacher
-from gasbench.teachers.base import ReferenceSolver
+from gasbench.teachers.base import ReferenceSolver, WeightsDeclaration
 from gasbench.teachers.diffusers_teacher import (
     DiffusersTeacher, pipeline_default_guidance, load_component, resolve_folder, weights_digest,
 )
+from gasbench.teachers.protocol import EvaluationProtocol
 
 DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "default_prompts.txt"
 PROMPTS_ENV = "GASBENCH_SD15_PROMPTS"
@@ -71,11 +72,10 @@ class TextToImageTeacher(DiffusersTeacher):
     condition of classifier-free guidance as in the diffusers pipeline.
     """
 
-    # FID needs the user's reference images (--reference-images), so it is asked for by name
-    default_metrics = ("clip-score", "rmse", "psnr")
+    # the MS-COCO protocol of the papers: 30,000 samples; FID needs the user's reference images
+    # (--reference-images), so it is asked for by name
+    protocol = EvaluationProtocol(metrics=("clip-score", "rmse", "psnr"), samples=30_000)
     modality = "text"
-    # the MS-COCO protocol of the papers: 30,000 samples
-    evaluation_samples = 30_000
 
     def __init__(self, name: str, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module,
                  tokenizer, scheduler_config: dict, prompts: Sequence[str], *, guidance_scale: float = 7.5,
@@ -179,7 +179,7 @@ class SD15Teacher(TextToImageTeacher):
     ``sd15-prompts-<sha256[:8]>`` so its cached reference samples never mix with the default prompts'.
     """
 
-    HUB_ID = SD15_HUB_IDS[0]
+    weights = WeightsDeclaration(hub_id=SD15_HUB_IDS[0])
 
     def __init__(self, weights: Optional[Path] = None, prompts: Optional[Path] = None):
         source = str(weights) if weights is not None else SD15_HUB_IDS[0]

@@ -1,4 +1,4 @@
-"""EDM training of :class:`EDMPrecond` networks, and the recipe of the built-in digits teacher.
+"""EDM training of :class:`SmallEDMPrecond` networks, and the recipe of the built-in digits teacher.
 
 Implements the training objective of Karras et al., "Elucidating the Design Space of
 Diffusion-Based Generative Models" (EDM, NeurIPS 2022), Sec. 5 and Table 1: ln(sigma) drawn from
@@ -31,7 +31,7 @@ from gasbench.core.records import write_atomic
 
 from .datasets import load_digits_tensor, load_fashion_tensor
 from .networks import (
-    EDMPrecond,
+    SmallEDMPrecond,
     UNetConfig,
     count_parameters,
     save_network,
@@ -75,7 +75,7 @@ class _LossAverage:
 
 
 def edm_loss(
-    net: EDMPrecond,
+    net: SmallEDMPrecond,
     images: torch.Tensor,
     labels: Optional[torch.Tensor],
     config: TrainConfig,
@@ -98,7 +98,7 @@ def edm_loss(
 
 
 def _update_ema(
-    ema_net: EDMPrecond, net: EDMPrecond, images_seen: int, config: TrainConfig
+    ema_net: SmallEDMPrecond, net: SmallEDMPrecond, images_seen: int, config: TrainConfig
 ) -> None:
     """EMA with half-life min(ema_halflife_images, ema_rampup_ratio * images_seen) images."""
     halflife = min(config.ema_halflife_images, config.ema_rampup_ratio * images_seen)
@@ -160,13 +160,13 @@ def training_progress_bar(title: str, enabled: bool) -> Progress:
 
 
 def train_edm(
-    net: EDMPrecond,
+    net: SmallEDMPrecond,
     images: torch.Tensor,
     labels: Optional[torch.Tensor],
     config: TrainConfig,
     checkpoint_path: Optional[Union[str, Path]] = None,
     progress: bool = True,
-) -> EDMPrecond:
+) -> SmallEDMPrecond:
     """Train ``net`` in place with the EDM loss and return the EMA network (eval mode, frozen).
 
     Randomness comes from a generator seeded with ``config.seed`` and, for dropout, from torch's
@@ -267,17 +267,8 @@ class TeacherRecipe:
 RECIPES = {
     "digits": TeacherRecipe(
         name="digits",
-        net_config=UNetConfig(
-            img_channels=1,
-            img_resolution=8,
-            num_classes=10,
-            model_channels=32,
-            channel_mult=(1, 2),
-            num_res_blocks=2,
-            emb_dim=128,
-            dropout=0.0,
-            attention=True,
-        ),
+        net_config=UNetConfig(img_channels=1, img_resolution=8, num_classes=10, model_channels=32, channel_mult=(1, 2),
+                              num_res_blocks=2, emb_dim=128, dropout=0.0, attention=True),
         train_config=TrainConfig(),
         load_data=load_digits_tensor,
         dataset_description="sklearn.datasets.load_digits (1797 images, 1x8x8, [-1, 1], 10 classes)",
@@ -286,17 +277,8 @@ RECIPES = {
     # (0.63 s per batch-64 step, measured) for 5,000 steps, i.e. 5.3 epochs of the training set.
     "fashion": TeacherRecipe(
         name="fashion",
-        net_config=UNetConfig(
-            img_channels=1,
-            img_resolution=28,
-            num_classes=10,
-            model_channels=32,
-            channel_mult=(1, 2, 2),
-            num_res_blocks=1,
-            emb_dim=128,
-            dropout=0.0,
-            attention=True,
-        ),
+        net_config=UNetConfig(img_channels=1, img_resolution=28, num_classes=10, model_channels=32,
+                              channel_mult=(1, 2, 2), num_res_blocks=1, emb_dim=128, dropout=0.0, attention=True),
         train_config=TrainConfig(
             iterations=5000, batch_size=64, lr=1e-3, lr_warmup_iterations=500, checkpoint_every=250
         ),
@@ -313,7 +295,7 @@ def train_builtin_teacher(
     seed: int = 0,
     progress: bool = True,
     checkpoint_path: Optional[Union[str, Path]] = None,
-) -> EDMPrecond:
+) -> SmallEDMPrecond:
     """Train the built-in class-conditional teacher ``name`` (see RECIPES) and save it to ``out_path``.
 
     The metadata records the dataset, iterations, seed, final loss and parameter count (no wall
@@ -325,7 +307,7 @@ def train_builtin_teacher(
     config = TrainConfig(**{**asdict(recipe.train_config), "iterations": iterations, "seed": seed})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = EDMPrecond(recipe.net_config)
+        net = SmallEDMPrecond(recipe.net_config)
     ema_net = train_edm(net, images, labels, config, checkpoint_path, progress)
     save_network(
         ema_net,

@@ -20,11 +20,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
-    """Keep caches (trajectories, metric weights) out of the user's home during tests."""
+    """Keep caches (trajectories, metric weights) out of the user's home during tests, and run
+    each `gasbench run` as one process unless a test asks for --jobs."""
     import os
 
     previous = os.environ.get("GASBENCH_HOME")
     os.environ["GASBENCH_HOME"] = str(tmp_path_factory.mktemp("gasbench_home"))
+    os.environ["GASBENCH_JOBS"] = "1"
     yield
     if previous is None:
         os.environ.pop("GASBENCH_HOME")
@@ -110,9 +112,9 @@ def recorded(tmp_path_factory):
 @pytest.fixture
 def recording(monkeypatch):
     """gasbench's EDM classes record their constructor arguments, as EDM's persistent classes do."""
-    from gasbench.teachers import edm
+    from gasbench.teachers import edm_networks
 
-    for cls in edm.NETWORK_CLASSES.values():
+    for cls in edm_networks.NETWORK_CLASSES.values():
         def init(self, *args, _init=cls.__init__, **kwargs):
             _init(self, *args, **kwargs)
             self._init_args, self._init_kwargs = args, copy.deepcopy(kwargs)

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from gasbench.cli import main
 from gasbench.core.registry import SOLVERS
 from gasbench.solvers.executor import execute
-from gasbench.teachers import edm
+from gasbench.teachers import edm_networks
 
 
 def gasbench(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -154,7 +154,7 @@ EDM_NETWORKS = {
 def tiny_edm(kind: str, resolution: int = 32) -> torch.nn.Module:
     """A tiny network of :data:`EDM_NETWORKS` with every weight perturbed."""
     class_name, options = EDM_NETWORKS[kind]
-    net = edm.PRECONDS[class_name](img_resolution=resolution, img_channels=3, model_type="SongUNet", **EDM_TINY,
+    net = edm_networks.PRECONDS[class_name](img_resolution=resolution, img_channels=3, model_type="SongUNet", **EDM_TINY,
                                    **options)
     with torch.no_grad():  # the near-zero output layers of a fresh net would hide wrong wiring
         for p in net.parameters():
@@ -205,12 +205,12 @@ class ReleasePickler(pickle.Pickler):
     def reducer_override(self, obj):
         if isinstance(obj, Persistent):
             return _reconstruct_persistent_obj, (self.meta(obj.class_name, obj.state, obj.module_src),)
-        if type(obj) not in edm.NETWORK_CLASSES.values():
+        if type(obj) not in edm_networks.NETWORK_CLASSES.values():
             return NotImplemented
         state = dict(vars(obj))
         if "skip_scale" in state:  # EDM keeps np.sqrt(0.5) here
             state["skip_scale"] = np.float64(state["skip_scale"])
-        if type(obj) in edm.PRECONDS.values():  # an argument only EDM's fp16 switch reads
+        if type(obj) in edm_networks.PRECONDS.values():  # an argument only EDM's fp16 switch reads
             state["use_fp16"], state["_init_kwargs"] = False, {**state["_init_kwargs"], "use_fp16": False}
         name = type(obj).__name__
         state.update(self.overrides.get(name, {}))

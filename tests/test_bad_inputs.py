@@ -192,7 +192,7 @@ def missing_config_file(setup):
 # --- weights -----------------------------------------------------------------------------------
 @case("is not a gasbench network file")
 def truncated_safetensors(setup):
-    cut = setup.file("digits.safetensors", DigitsTeacher.WEIGHTS.read_bytes()[:4096])
+    cut = setup.file("digits.safetensors", DigitsTeacher.weights.shipped.read_bytes()[:4096])
     return run(setup, "-d", "digits", "--weights", cut)
 
 
@@ -206,7 +206,7 @@ def foreign_safetensors(setup):
 
 @case("holds a network for (1, 28, 28) samples of 10 classes; teacher 'digits' samples (1, 8, 8) of 10")
 def another_teachers_weights_renamed(setup):
-    renamed = setup.file("digits.safetensors", FashionTeacher.WEIGHTS.read_bytes())
+    renamed = setup.file("digits.safetensors", FashionTeacher.weights.shipped.read_bytes())
     return run(setup, "-d", "digits", "--weights", renamed)
 
 
@@ -222,7 +222,7 @@ def cached_weights_with_the_wrong_sha256(setup):
     setup.monkeypatch.setenv("GASBENCH_HOME", str(setup.tmp / "home"))
     setup.monkeypatch.setenv("GASBENCH_OFFLINE", "1")
     (setup.tmp / "home" / "weights").mkdir(parents=True)
-    (setup.tmp / "home" / "weights" / RELEASE_TEACHERS["cifar10"].weights_source.filename).write_bytes(b"not the release")
+    (setup.tmp / "home" / "weights" / RELEASE_TEACHERS["cifar10"].weights.source.filename).write_bytes(b"not the release")
     return run(setup, "-d", "cifar10")
 
 

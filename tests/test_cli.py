@@ -88,11 +88,13 @@ def test_unwritable_results_dir(tmp_path, monkeypatch, capsys):
 
 
 def test_corrupted_teacher_weights(tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
+
     from gasbench.teachers.builtin import DigitsTeacher
 
     bad = tmp_path / "digits.safetensors"
     bad.write_bytes(b"garbage")
-    monkeypatch.setattr(DigitsTeacher, "WEIGHTS", bad)
+    monkeypatch.setattr(DigitsTeacher, "weights", replace(DigitsTeacher.weights, shipped=bad))
     code, _, err = gasbench(monkeypatch, capsys, "run", "--methods", "euler", "--nfe", "4", "-n", "4",
                             "--results-dir", tmp_path / "r")
     assert code == 2 and "corrupt or not the pinned one" in err and "Traceback" not in err

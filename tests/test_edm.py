@@ -17,7 +17,7 @@ import torch
 from gasbench.core import safe_pickle
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import TEACHERS
-from gasbench.teachers import edm
+from gasbench.teachers import edm_networks, edm_pickle
 from helpers import EDM_NETWORKS, Payload, Persistent, release_modules, tiny_edm, write_release
 
 # D(x, sigma) of tiny networks built by NVlabs/edm's own training/networks.py (commit 008a4e5), with
@@ -38,7 +38,7 @@ PINNED = {
 @pytest.mark.parametrize("class_name", list(PINNED))
 def test_outputs_match_values_pinned_from_edms_own_networks(class_name):
     options, values, mean_abs = PINNED[class_name]
-    net = edm.PRECONDS[class_name](img_resolution=8, img_channels=3, model_channels=16, channel_mult=[1, 2],
+    net = edm_networks.PRECONDS[class_name](img_resolution=8, img_channels=3, model_channels=16, channel_mult=[1, 2],
                                    num_blocks=1, attn_resolutions=[4], model_type="SongUNet", **options).eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -82,7 +82,7 @@ def test_release_pickle_gives_the_original_network_and_is_converted_once(kind, r
     torch.testing.assert_close(as_teacher("cifar10", path).denoise(x, sigma, None), denoised, rtol=0, atol=0)
     sha256 = teacher.weights_sha256
     path.unlink()
-    net, info = edm.load_edm_pickle(path, sha256)
+    net, info = edm_pickle.load_edm_pickle(path, sha256)
     assert info["class_name"] == EDM_NETWORKS[kind][0] and info["ignored_kwargs"] == {"use_fp16": False}
     with torch.no_grad():
         torch.testing.assert_close(net(x, sigma), expected, rtol=0, atol=1e-6)
@@ -97,16 +97,16 @@ def test_embedded_source_never_runs_and_unknown_classes_are_refused(recording, t
     assert marker.exists()
     marker.unlink()
 
-    net, _ = edm.load_edm_pickle(path)  # read inertly: the source is never looked at
-    assert isinstance(net, edm.EDMPrecond) and not marker.exists()
+    net, _ = edm_pickle.load_edm_pickle(path)  # read inertly: the source is never looked at
+    assert isinstance(net, edm_networks.EDMPrecond) and not marker.exists()
 
     stranger = write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "stranger.pkl", module_src=evil_source,
                              extra={"extra": Persistent("Backdoor", {}, evil_source)})
     with pytest.raises(GasbenchError, match="class 'Backdoor'.*refusing"):
-        edm.load_edm_pickle(stranger)
+        edm_pickle.load_edm_pickle(stranger)
     renamed = write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "renamed.pkl", rename={"UNetBlock": "DhariwalUNet"})
     with pytest.raises(GasbenchError, match="class 'DhariwalUNet'"):
-        edm.load_edm_pickle(renamed)
+        edm_pickle.load_edm_pickle(renamed)
     assert not marker.exists()
 
 
@@ -124,17 +124,17 @@ def test_truncated_and_foreign_files_give_one_message(recording, tmp_path):
     path = write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "whole.pkl")
     (tmp_path / "cut.pkl").write_bytes(path.read_bytes()[:3000])
     with pytest.raises(GasbenchError, match="not a readable network pickle"):
-        edm.load_edm_pickle(tmp_path / "cut.pkl")
+        edm_pickle.load_edm_pickle(tmp_path / "cut.pkl")
     (tmp_path / "other.pkl").write_bytes(pickle.dumps({"G": None}))
     with pytest.raises(GasbenchError, match="no EDM network under 'ema'"):
-        edm.load_edm_pickle(tmp_path / "other.pkl")
+        edm_pickle.load_edm_pickle(tmp_path / "other.pkl")
     small = write_release(tiny_edm("EDMPrecond-ddpmpp", resolution=16), tmp_path / "small.pkl")
     with pytest.raises(GasbenchError, match=r"\(3, 16, 16\) images; teacher 'cifar10' is unconditional at \(3, 32, 32\)"):
         as_teacher("cifar10", small)
     # a release whose layers differ from what its recorded arguments rebuild is not run
     other_eps = write_release(tiny_edm("EDMPrecond-ddpmpp"), tmp_path / "eps.pkl", overrides={"GroupNorm": {"eps": 1e-5}})
     with pytest.raises(GasbenchError, match=r"model.enc.32x32_block0.norm0.eps is 1e-05 in the release but 1e-06"):
-        edm.load_edm_pickle(other_eps)
+        edm_pickle.load_edm_pickle(other_eps)
 
 
 def test_missing_weights_offline_name_the_file_url_and_flag(monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gasbench.teachers.networks import (
-    EDMPrecond,
+    SmallEDMPrecond,
     UNetConfig,
     load_network,
     read_network_metadata,
@@ -25,7 +25,7 @@ TINY_DIGITS = UNetConfig(
 )
 
 
-def _randomised(net: EDMPrecond, seed: int = 0) -> EDMPrecond:
+def _randomised(net: SmallEDMPrecond, seed: int = 0) -> SmallEDMPrecond:
     """Give every parameter (including the zero-initialised ones) non-trivial values."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -41,7 +41,7 @@ def test_config_json_round_trip():
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
-    net = _randomised(EDMPrecond(TINY_DIGITS))
+    net = _randomised(SmallEDMPrecond(TINY_DIGITS))
     path = tmp_path / "net.safetensors"
     save_network(net, path, {"dataset": "test", "iterations": 3})
 
@@ -64,7 +64,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
 
 def test_denoiser_is_identity_at_tiny_sigma():
     """c_skip -> 1 and c_out -> 0 as sigma -> 0 (EDM Table 1)."""
-    net = _randomised(EDMPrecond(TINY_DIGITS))
+    net = _randomised(SmallEDMPrecond(TINY_DIGITS))
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     with torch.no_grad():
         denoised = net(x, 1e-6, torch.arange(4))
@@ -73,7 +73,7 @@ def test_denoiser_is_identity_at_tiny_sigma():
 
 @pytest.mark.parametrize("sigma", [0.3, torch.tensor(0.3), torch.full((3,), 0.3)])
 def test_float64_input_keeps_shape_and_dtype(sigma):
-    net = _randomised(EDMPrecond(TINY_DIGITS))
+    net = _randomised(SmallEDMPrecond(TINY_DIGITS))
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     with torch.no_grad():
         denoised = net(x, sigma, torch.tensor([0, 5, 9]))
@@ -83,7 +83,7 @@ def test_float64_input_keeps_shape_and_dtype(sigma):
 
 
 def test_class_label_changes_the_output():
-    net = _randomised(EDMPrecond(TINY_DIGITS))
+    net = _randomised(SmallEDMPrecond(TINY_DIGITS))
     x = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(4)).expand(2, -1, -1, -1)
     with torch.no_grad():
         denoised = net(x, 1.0, torch.tensor([3, 7]))
@@ -101,7 +101,7 @@ def test_fashion_sized_unconditional_config_builds_and_runs(resolution):
         num_res_blocks=1,
         emb_dim=32,
     )
-    net = _randomised(EDMPrecond(config))
+    net = _randomised(SmallEDMPrecond(config))
     x = torch.randn(2, 1, resolution, resolution, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         denoised = net(x, torch.tensor([0.5, 5.0]))
@@ -114,10 +114,10 @@ def test_training_is_deterministic_and_resumable(tmp_path):
     config = TrainConfig(iterations=4, batch_size=8, lr=1e-3, lr_warmup_iterations=2, seed=7,
                          checkpoint_every=2)
 
-    def fresh_net() -> EDMPrecond:
+    def fresh_net() -> SmallEDMPrecond:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return EDMPrecond(TINY_DIGITS)
+            return SmallEDMPrecond(TINY_DIGITS)
 
     straight = train_edm(fresh_net(), images, labels, config, progress=False)
     checkpoint = tmp_path / "train.ckpt"
@@ -136,4 +136,4 @@ def test_nan_loss_raises_clear_error():
     labels = torch.zeros(8, dtype=torch.int64)
     config = TrainConfig(iterations=2, batch_size=4, seed=0)
     with pytest.raises(RuntimeError, match=r"NaN/inf at iteration 1"):
-        train_edm(EDMPrecond(TINY_DIGITS), images, labels, config, progress=False)
+        train_edm(SmallEDMPrecond(TINY_DIGITS), images, labels, config, progress=False)

@@ -16,7 +16,7 @@ from gasbench.core.errors import GasbenchError
 from gasbench.solvers.executor import ExecutionStats, execute
 from gasbench.solvers.release import import_release_student, load_release_student, release_logits
 from gasbench.teachers.base import ReferenceSolver, Teacher
-from gasbench.teachers.diffusers_teacher import DiscreteVPSchedule
+from gasbench.teachers.time import DiscreteVPSchedule
 from gasbench.teachers.gmm import GaussianMixtureTeacher
 from gasbench.teachers.release import RELEASE_STUDENT_T_EPS, load_release_teacher_data, release_noise
 from helpers import Payload, release_updates

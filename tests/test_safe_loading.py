@@ -14,7 +14,7 @@ import torch
 from gasbench.core import lpips_metric
 from gasbench.core.errors import GasbenchError
 from gasbench.solvers import r3gan
-from gasbench.teachers import edm, ldm, release
+from gasbench.teachers import edm_pickle, ldm, release
 from helpers import LIGHTNING_CLASSES, PAYLOAD_CALLS, ModelCheckpoint, Payload, pickled_as, raw_os_system
 
 
@@ -38,7 +38,7 @@ def _lpips_weights(payload) -> bytes:
 
 # each reader's public entry point, and a file of its format with ``payload`` inside
 READERS = {
-    "edm-network": (edm.load_edm_pickle, lambda payload: pickle.dumps({"ema": None, "dataset_kwargs": {"p": payload}})),
+    "edm-network": (edm_pickle.load_edm_pickle, lambda payload: pickle.dumps({"ema": None, "dataset_kwargs": {"p": payload}})),
     "ldm-lightning": (ldm.read_lightning_checkpoint, lambda payload: _lightning_checkpoint({"loops": payload})),
     "gas-dataset": (release.load_release_teacher_data, _dataset),
     "lpips-backbone": (lambda path: lpips_metric.unpickle_numpy(path.read_bytes()), _lpips_weights),

@@ -55,6 +55,24 @@ def _acquire(path: Path, on_wait: Optional[Callable[[], None]]) -> int:
         os.close(fd)
 
 
+def _try_acquire(path: Path) -> Optional[int]:
+    """Like :func:`_acquire` without waiting: None when another process holds the lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 def _release(path: Path, fd: int) -> None:
     try:
         path.unlink(missing_ok=True)  # before unlocking: only the holder removes it
@@ -73,4 +91,23 @@ def exclusive(directory: Path, on_wait: Optional[Callable[[], None]] = None) -> 
         yield
     finally:
         if fd is not None:
+            _release(path, fd)
+
+
+@contextmanager
+def claim(directory: Path) -> Iterator[bool]:
+    """Hold the lock of ``directory`` for the block if no other process holds it: yields True
+    then, else False at once (``gasbench run --jobs``: the cell is another process's). One
+    process only: under torchrun every rank would have to agree, so there it waits as
+    :func:`exclusive` does and yields True."""
+    if distributed.world_size() > 1:
+        with exclusive(directory):
+            yield True
+        return
+    path = Path(directory) / LOCK_FILE
+    fd = _try_acquire(path) if fcntl is not None else -1
+    try:
+        yield fd is not None
+    finally:
+        if fd is not None and fd >= 0:
             _release(path, fd)

@@ -16,10 +16,19 @@ from datetime import timedelta
 from typing import Optional
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Column
 from rich.text import Text
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TaskID, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
 
 INTERVAL_ENV = "GASBENCH_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL_S = 30.0
@@ -102,3 +111,9 @@ class Bars(Progress):
             if task.finished and task.id not in self._announced:
                 self._announced.add(task.id)
                 self.console.print(plain_line(task), highlight=False, markup=False, soft_wrap=True)
+
+
+def announce_wait(console: Console, directory, what: str):
+    """The ``on_wait`` of :func:`gasbench.core.locks.exclusive`: what a run prints when another
+    process holds the lock of ``directory`` (``what`` it is doing there)."""
+    return lambda: console.print(f"{directory}: another gasbench process is {what}; waiting for it")

@@ -5,21 +5,9 @@ Layout::
     <results>/<teacher>/<method>/nfe<N>/metrics.json   the record (schema below)
     <results>/<teacher>/<method>/nfe<N>/samples.png    a fixed-seed sample grid
 
-Record schema (version 2): ``teacher`` (name, sha256, shape, reference solver), ``method``
-(``teacher`` for the teacher's own row), ``nfe`` (requested), ``nfe_measured`` (denoiser calls per
-sample counted by the executor), ``solver`` (resolved options, their hash, the ``code_sha256`` of
-its source and, learned, the saved state's ``state_sha256``), ``metrics`` (name -> mean over seed
-sets), ``metrics_std`` and ``metrics_per_seed_set`` (with several seed sets), ``metric_provenance``
-(per metric: networks and their sha256, reference images), ``num_samples`` (all seed sets),
-``seeds`` ([[first, last], ...] per seed set), ``conditions``, ``sample_checksums`` (what `gasbench verify` compares, see
-:mod:`gasbench.verify`), ``wall_time_s``, ``peak_memory_mb``, ``training`` (null for handcrafted
-solvers), ``run_config`` (the resolved run configuration and its command line), ``versions``
-(gasbench, torch, numpy, python, code revision), ``environment`` (platform, device, CPU threads;
-GPU, CUDA and cuDNN on a GPU), ``created``, and ``identity``, what a rerun must match to reuse
-the record (teacher weights, solver configuration hash, the sha256 of the solver's code, seeds,
-metrics). Tables leave out records of another schema version; a run stops at them, as at a damaged
-file (:func:`stored_record`). The same command run twice writes the same records but for
-:data:`VOLATILE_FIELDS`.
+The record schema is :class:`CellRecord` (version 2); tables leave out records of another schema
+version, and a run stops at them, as at a damaged file (:func:`stored_record`). The same command
+run twice writes the same records but for :data:`VOLATILE_FIELDS`.
 """
 
 from __future__ import annotations
@@ -31,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, TypedDict
 
 from gasbench.core.errors import GasbenchError
 from gasbench.core.faults import fault_point
@@ -39,7 +27,44 @@ from gasbench.core.faults import fault_point
 SCHEMA_VERSION = 2
 TEACHER_LABEL = "teacher"  # the method name of the teacher's own row
 # what two runs of the same command may record differently: clocks, dates, memory ("a.b": b inside a)
-VOLATILE_FIELDS = ("created", "wall_time_s", "denoiser_time_s", "peak_memory_mb", "training.wall_time_s")
+VOLATILE_FIELDS = ("created", "wall_time_s", "denoiser_time_s", "peak_memory_mb", "time_s", "training.wall_time_s")
+
+
+class CellRecord(TypedDict, total=False):
+    """One ``metrics.json``: a (teacher, method, NFE) cell, schema version :data:`SCHEMA_VERSION`.
+
+    ``metrics_std`` and ``metrics_per_seed_set`` are there with several seed sets,
+    ``nfe_measured`` and the timing fields on solver rows (not the teacher's own row),
+    ``schedule_tuning`` when the schedule was tuned (:mod:`gasbench.tuning`)."""
+
+    schema: int
+    teacher: dict[str, Any]  # name, sha256 of the weights, shape, sigma range, reference solver
+    method: str  # the cell's label (options after '+'), or TEACHER_LABEL for the teacher's row
+    nfe: int  # requested
+    nfe_measured: float  # denoiser calls per sample counted by the executor
+    nfe_convention: str
+    solver: dict[str, Any]  # resolved options, their hash, code_sha256; learned: state_sha256
+    metrics: dict[str, float]  # name -> mean over seed sets
+    metrics_std: dict[str, float]
+    metrics_per_seed_set: dict[str, list[float]]
+    metric_provenance: dict[str, Any]  # per metric: networks and their sha256, reference images
+    num_samples: int  # over all seed sets
+    seeds: list[list[int]]  # [first, last] per seed set
+    conditions: str
+    sample_checksums: dict[str, Any]  # what `gasbench verify` compares (gasbench.verify)
+    wall_time_s: float
+    denoiser_time_s: float
+    peak_memory_mb: float
+    time_s: dict[str, float]  # the cell's seconds per phase path (gasbench.core.phases)
+    # a learned solver's FitResult (gasbench.solvers.fit): what it was given, how the fit went;
+    # None for handcrafted solvers and the teacher row
+    training: Optional[dict[str, Any]]
+    schedule_tuning: dict[str, Any]
+    run_config: dict[str, Any]  # the resolved run configuration and its command line
+    versions: dict[str, Any]  # gasbench, torch, numpy, python, code revision
+    environment: dict[str, Any]  # platform, device, CPU threads; GPU, CUDA and cuDNN on a GPU
+    created: str
+    identity: dict[str, Any]  # what a rerun must match to reuse the record (gasbench.reuse)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -116,7 +141,7 @@ def ensure_writable(results_dir: Path) -> None:
         ) from None
 
 
-def without_volatile(record: dict[str, Any]) -> dict[str, Any]:
+def without_volatile(record: CellRecord) -> dict[str, Any]:
     """A copy of ``record`` without :data:`VOLATILE_FIELDS`: what two runs of one command agree on."""
     record = json.loads(json.dumps(record))
     for name in VOLATILE_FIELDS:
@@ -128,7 +153,7 @@ def without_volatile(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def read_record(path: Path) -> dict[str, Any] | None:
+def read_record(path: Path) -> CellRecord | None:
     """A record, or None if the file is missing or not a complete record of this schema."""
     try:
         record = json.loads(Path(path).read_text())
@@ -139,7 +164,7 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return record
 
 
-def stored_record(path: Path) -> dict[str, Any] | None:
+def stored_record(path: Path) -> CellRecord | None:
     """The record a run finds where it is about to write one: None when there is no file. A file
     that is not a record of this schema (damaged, or another gasbench's) is a GasbenchError, as
     a run never replaces what it cannot read without being told to (``--overwrite``)."""
@@ -164,7 +189,7 @@ def stored_record(path: Path) -> dict[str, Any] | None:
     )
 
 
-def iter_records(results_dir: Path) -> Iterator[dict[str, Any]]:
+def iter_records(results_dir: Path) -> Iterator[CellRecord]:
     """Every record of this schema under ``results_dir``. A file that is not JSON at all stops
     here: records are written whole, so it was damaged, and a table without it would mislead."""
     for path in sorted(Path(results_dir).glob("*/*/nfe*/metrics.json")):
