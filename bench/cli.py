@@ -17,7 +17,7 @@ from rich.table import Table
 
 from gasbench.budgets import BUDGETS, DEFAULT_REFERENCE
 from gasbench.cli_common import PluginOption, console, err_console, load_plugins, parse_ints, split_list
-from gasbench.cli_tools import bench_app, data_app, teacher_app
+from gasbench.cli_tools import bench_app, data_app, teacher_app, teachers
 from gasbench.core import distributed
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS
@@ -36,6 +36,7 @@ app = typer.Typer(add_completion=True, no_args_is_help=False, help=__doc__,
 app.add_typer(data_app, name="data")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(bench_app, name="bench")
+app.command(epilog="Example: gasbench teachers --check")(teachers)
 
 
 def _key_values(pairs: Optional[list[str]]) -> dict[str, str]:
@@ -133,10 +134,9 @@ def run(
     """Sample every method on the same seeds, score against the teacher, record one file per cell.
 
     --dataset takes a registered teacher (`gasbench teachers`) or diffusers:<hub id or folder>."""
+    from gasbench import jobs as local_jobs
     from gasbench.runner import run as run_benchmark
     from gasbench.tables import render
-
-    from gasbench import jobs as local_jobs
 
     load_plugins(plugin)
     job_count = local_jobs.resolve_jobs(jobs, device)
@@ -315,39 +315,6 @@ def budgets(
         from gasbench.tables import write_into
 
         write_into(into, text, block)
-
-
-@app.command(epilog="Example: gasbench teachers --check")
-def teachers(
-    check: bool = typer.Option(False, "--check", help="Hash the weights files found and compare them with the pins."),
-    plugin: Optional[list[str]] = PluginOption,
-):
-    """The registered teachers, the weights each needs, whether they are present, and where they are looked for."""
-    from gasbench.core.weights import sha256_of, weights_dir
-    from gasbench.teachers.base import declared_weights
-
-    load_plugins(plugin)
-    out = Table(title=f"teachers (weights looked for in: --weights PATH, then {weights_dir()}, then the URL when online)",
-                title_justify="left")
-    for column in ("name", "weights file", "pinned sha256", "present", "source"):
-        out.add_column(column, style="bold" if column == "name" else None)
-    for entry in TEACHERS:
-        declared = declared_weights(entry.obj)
-        if declared.hub_id is not None:
-            out.add_row(entry.name, f"hub: {declared.hub_id}", "-", "diffusers' cache", declared.obtained())
-            continue
-        path, pin = declared.path, declared.sha256
-        if path is None:
-            out.add_row(entry.name, "-", "-", "not needed", entry.description)
-            continue
-        present = "no"
-        if path.is_file():
-            present = "yes"
-            if check:
-                present = "yes, sha256 matches" if sha256_of(path) == pin else "yes, sha256 DIFFERS" if pin else "yes, unpinned"
-        out.add_row(entry.name, str(path), pin or "(not pinned)", present, declared.obtained())
-    console.print(out)
-    console.print("Also: --dataset diffusers:<hub id or folder> wraps any diffusers pipeline (hub downloads need a connection).")
 
 
 @app.command(epilog="Example: gasbench report --results-dir results --out report.html")

@@ -1,5 +1,5 @@
-"""`gasbench teacher`, `gasbench data` and `gasbench bench`: reproducing the built-in teachers'
-weights, the trajectory cache, and the speed and memory benchmarks."""
+"""`gasbench teacher`, `gasbench teachers`, `gasbench data` and `gasbench bench`: reproducing and
+listing the teachers' weights, the trajectory cache, and the speed and memory benchmarks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from gasbench.cli_common import console, parse_ints, split_list
+from gasbench.cli_common import PluginOption, console, load_plugins, parse_ints, split_list
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import SOLVERS, TEACHERS
 from gasbench.teachers.load import load_teacher
@@ -179,3 +179,35 @@ def bench_profile(
     print(text)
     if into is not None:
         write_into(into, text, block)
+
+
+def teachers(
+    check: bool = typer.Option(False, "--check", help="Hash the weights files found and compare them with the pins."),
+    plugin: Optional[list[str]] = PluginOption,
+):
+    """The registered teachers, the weights each needs, whether they are present, and where they are looked for."""
+    from gasbench.core.weights import sha256_of, weights_dir
+    from gasbench.teachers.base import declared_weights
+
+    load_plugins(plugin)
+    out = Table(title=f"teachers (weights looked for in: --weights PATH, then {weights_dir()}, then the URL when online)",
+                title_justify="left")
+    for column in ("name", "weights file", "pinned sha256", "present", "source"):
+        out.add_column(column, style="bold" if column == "name" else None)
+    for entry in TEACHERS:
+        declared = declared_weights(entry.obj)
+        if declared.hub_id is not None:
+            out.add_row(entry.name, f"hub: {declared.hub_id}", "-", "diffusers' cache", declared.obtained())
+            continue
+        path, pin = declared.path, declared.sha256
+        if path is None:
+            out.add_row(entry.name, "-", "-", "not needed", entry.description)
+            continue
+        present = "no"
+        if path.is_file():
+            present = "yes"
+            if check:
+                present = "yes, sha256 matches" if sha256_of(path) == pin else "yes, sha256 DIFFERS" if pin else "yes, unpinned"
+        out.add_row(entry.name, str(path), pin or "(not pinned)", present, declared.obtained())
+    console.print(out)
+    console.print("Also: --dataset diffusers:<hub id or folder> wraps any diffusers pipeline (hub downloads need a connection).")
