@@ -59,7 +59,7 @@ def test_matched_budget_equalises_pairs_and_passes(gmm):
 def test_paper_budget_is_the_methods_own(gmm, monkeypatch):
     cls = SOLVERS.get("ld3")
     monkeypatch.setattr(cls, "paper_budget", classmethod(lambda c, teacher: {"iterations": 7, "loss": "l2"}))
-    assert budget_options(cls, "paper", gmm, 4) == {"iterations": 7, "loss": "l2"}
+    assert budget_options(cls, "paper", gmm, 4) == {"iterations": 7, "loss": "l2", "patience": 0}  # the papers train their full count
     assert budget_options(cls, "cpu", gmm, 4) == {}
     rows = {(r["method"], r["budget"]): r for r in budget_rows(gmm, 4)}
     assert rows[("ld3", "paper")]["iterations"] == 7 and rows[("ld3", "cpu (default)")]["iterations"] != 7
