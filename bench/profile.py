@@ -23,25 +23,23 @@ COLUMNS = ("teacher solves", "fit forward", "fit backward", "discriminator", "fi
 
 
 def phase_columns(time_s: dict[str, float]) -> dict[str, float]:
-    """A cell's phase paths folded into :data:`COLUMNS` (seconds); ``total`` is their sum."""
-    def under(prefix: str) -> float:
-        return sum(s for path, s in time_s.items() if path == prefix or path.startswith(prefix + "/")) if prefix else 0.0
-
-    def exact(path: str) -> float:
+    """A cell's phase paths folded into :data:`COLUMNS` (seconds); ``total`` is their sum. A
+    phase's time includes the phases inside it, so each column reads one path and ``fit other``
+    is the fit steps' time less the phases inside them."""
+    def seconds(path: str) -> float:
         return time_s.get(path, 0.0)
 
-    discriminator = under("fit_step/discriminator")
-    forward = exact("fit_step/network_forward")
-    backward = under("fit_step/backward")
+    forward, backward = seconds("fit_step/network_forward"), seconds("fit_step/backward")
+    discriminator = seconds("fit_step/discriminator")
     columns = {
-        "teacher solves": under("teacher_solves"),
+        "teacher solves": seconds("teacher_solves"),
         "fit forward": forward,
         "fit backward": backward,
         "discriminator": discriminator,
-        "fit other": exact("fit_step") - forward - backward - discriminator,
-        "validation": under("validation"),
-        "sampling": under("sampling"),
-        "metrics": under("metrics"),
+        "fit other": seconds("fit_step") - forward - backward - discriminator,
+        "validation": seconds("validation"),
+        "sampling": seconds("sampling"),
+        "metrics": seconds("metrics"),
     }
     return {**columns, "total": sum(columns.values())}
 

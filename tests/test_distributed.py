@@ -18,8 +18,8 @@ import torch
 from helpers import distributed_work
 from safetensors.torch import load_file
 
-# what a record may differ in between two runs of the same cell: clocks, dates, memory
-VOLATILE = ("wall_time_s", "denoiser_time_s", "peak_memory_mb", "created")
+from gasbench.core.records import without_volatile
+
 RUN = ["run", "-d", "gmm", "-m", "euler,dpmpp2m,ipndm", "--nfe", "3,5", "-n", "600", "--batch-size", "64",
        "--metrics", "rmse,psnr,fd,precision", "--results-dir", "results"]
 FITS = ("gs", "gas", "ld3", "dlms")  # gas: its discriminator too; ld3: the relaxed objective's offsets
@@ -50,10 +50,7 @@ def _files(root: Path, pattern: str) -> dict[str, bytes]:
 
 
 def _record(data: bytes) -> str:
-    record = json.loads(data)
-    for key in VOLATILE:
-        record.pop(key, None)
-    return json.dumps(record, indent=2, sort_keys=True)
+    return json.dumps(without_volatile(json.loads(data)), indent=2, sort_keys=True)
 
 
 @pytest.mark.slow
