@@ -17,7 +17,7 @@ from rich.table import Table
 
 from gasbench.budgets import BUDGETS, DEFAULT_REFERENCE
 from gasbench.cli_common import PluginOption, console, err_console, load_plugins, parse_ints, split_list
-from gasbench.cli_tools import bench_app, data_app, teacher_app, teachers
+from gasbench.cli_tools import bench_app, claims, data_app, status, teacher_app, teachers
 from gasbench.core import distributed
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS
@@ -37,6 +37,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(bench_app, name="bench")
 app.command(epilog="Example: gasbench teachers --check")(teachers)
+app.command(epilog="Example: gasbench claims --results-dir results --into docs/claims.md")(claims)
+app.command(epilog="Example: gasbench status --results-dir sweep")(status)
 
 
 def _key_values(pairs: Optional[list[str]]) -> dict[str, str]:
@@ -127,6 +129,7 @@ def run(
     budget: Optional[str] = typer.Option(None, "--budget", help="Learned methods' training budget: paper (each method's own paper), cpu (the built-in teachers' CPU budgets) or matched (the same training pairs and network passes as --matched-to); default: paper on the papers' teachers, cpu on the built-in ones."),
     matched_to: str = typer.Option("gs", "--matched-to", help="With --budget matched: the learned method whose training pairs and network passes every learned method gets."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch; default: torch's own (OMP_NUM_THREADS, else the machine's cores), or the cores shared out among --jobs. Recorded in each record's environment."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only every N-th cell from the I-th (a job array's task I of N; see `gasbench status`)."),
     jobs: str = typer.Option("auto", "--jobs", "-j", envvar="GASBENCH_JOBS", help="Processes sharing the cells on this machine: a count, or auto (one per CPU core up to 4; one on a GPU or under torchrun)."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A YAML file of these options (methods may carry their own options); the command line wins. See configs/paper/."),
     plugin: Optional[list[str]] = PluginOption,
@@ -139,9 +142,7 @@ def run(
     from gasbench.tables import render
 
     load_plugins(plugin)
-    job_count = local_jobs.resolve_jobs(jobs, device)
-    if job_count > 1 and threads is None:
-        threads = local_jobs.threads_per_job(job_count)
+    shard_spec = local_jobs.parse_shard(shard) if shard else None
     values = dict(methods=methods, dataset=dataset, nfe=nfe, seed=seed, num_samples=num_samples, batch_size=batch_size,
                   results_dir=results_dir, schedule=schedule, solver_args=solver_arg, metrics=metrics, seeds=seeds,
                   overwrite=overwrite, weights=weights, device=device, precision=precision, reference_images=reference_images,
@@ -169,10 +170,14 @@ def run(
         raise GasbenchError(f"--budget {config.budget}: choose one of {', '.join(BUDGETS)}.")
     SOLVERS.resolve(config.matched_to)
     results_dir = config.results_dir
+    cells = len(config.methods or [e for e in SOLVERS if getattr(e.obj, "in_default_run", True)]) * len(config.nfes)
+    job_count = local_jobs.resolve_jobs(jobs, config.device, cells)
+    if job_count > 1 and config.threads is None:
+        config.threads = local_jobs.threads_per_job(job_count)
     start, timings = time.perf_counter(), {}
     workers = local_jobs.start_workers(sys.argv[1:], job_count, config.threads, results_dir) if job_count > 1 else []
     try:
-        records = run_benchmark(config, err_console, timings)
+        records = run_benchmark(config, err_console, timings, shard_spec)
         local_jobs.finish_workers(workers)
     finally:
         local_jobs.stop_workers(workers)
@@ -203,12 +208,14 @@ def table(
     block: Optional[str] = typer.Option(None, "--block", help="With --into: fill the markers named <!-- gasbench-table:BLOCK:start/end --> instead."),
     with_paper: bool = typer.Option(False, "--with-paper", help="Add the GAS, S4S and DLMS papers' reported numbers for the same teacher and metric, as rows 'method (Paper Table N)'."),
     nfe: Optional[list[str]] = typer.Option(None, "--nfe", help="Comma-separated NFE columns to show; default: every NFE recorded."),
+    vs: Optional[str] = typer.Option(None, "--vs", help="Show each cell as its paired difference (mean ± std over seed sets) to 'teacher' or a method."),
+    sort: bool = typer.Option(False, "--sort", help="Order the rows by value within each group (teacher, handcrafted, learned; ablations in their own table)."),
 ):
     """Render leaderboards from recorded results: rows = methods, columns = NFE, best in bold."""
     from gasbench.tables import render, write_into
 
     text = render(results_dir, split_list(metric) or None, fmt, teacher, split_list(methods) or None, split_list(exclude) or None,
-                  with_paper=with_paper, nfes=parse_ints(nfe, "--nfe") if nfe else None)
+                  with_paper=with_paper, nfes=parse_ints(nfe, "--nfe") if nfe else None, vs=vs, sort=sort)
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     if into is not None:
         write_into(into, text, block)

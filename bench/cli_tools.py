@@ -181,6 +181,48 @@ def bench_profile(
         write_into(into, text, block)
 
 
+def status(
+    results_dir: Path = typer.Option(Path("results"), "--results-dir"),
+    all_cells: bool = typer.Option(False, "--all", help="List recorded cells too, not only running and missing ones."),
+):
+    """Which cells of the runs started on a results directory are recorded, running (another
+    process holds the cell's lock) or missing, per command (every shard of a sweep writes the plan)."""
+    from gasbench.jobs import cell_states
+
+    rows = cell_states(results_dir)
+    if not rows:
+        raise GasbenchError(f"no run has been started on {results_dir} (no {results_dir}/.plans); "
+                            f"`gasbench run --results-dir {results_dir}` starts one.")
+    for command in dict.fromkeys(r["command"] for r in rows):
+        mine = [r for r in rows if r["command"] == command]
+        counts = {s: sum(r["state"] == s for r in mine) for s in ("recorded", "running", "missing")}
+        out = Table(title=f"{command}: " + ", ".join(f"{n} {s}" for s, n in counts.items()), title_justify="left")
+        out.add_column("cell")
+        out.add_column("state")
+        for r in mine:
+            if all_cells or r["state"] != "recorded":
+                out.add_row(r["cell"], r["state"])
+        console.print(out)
+
+
+def claims(
+    results_dir: Path = typer.Option(Path("results"), "--results-dir"),
+    into: Optional[Path] = typer.Option(None, "--into", help="Also write the table between the gasbench-table:BLOCK markers of this file."),
+    block: str = typer.Option("claims", "--block", help="With --into: fill <!-- gasbench-table:BLOCK:start/end -->."),
+    fmt: str = typer.Option("markdown", "--format", help="markdown or csv."),
+):
+    """The papers' pairwise claims (claims.csv) against the recorded results: the paper's numbers,
+    our paired differences per teacher and NFE, and whether each claim holds, is reversed or cannot
+    be separated by the seed sets."""
+    from gasbench.claims import render_claims
+    from gasbench.tables import write_into
+
+    text = render_claims(results_dir, fmt)
+    print(text)
+    if into is not None:
+        write_into(into, text, block)
+
+
 def teachers(
     check: bool = typer.Option(False, "--check", help="Hash the weights files found and compare them with the pins."),
     plugin: Optional[list[str]] = PluginOption,

@@ -3,7 +3,8 @@
 Paired metrics compare a method's samples with the teacher's own solution from the same noise and
 condition (RMSE, L1, L2, PSNR, LPIPS). Distribution metrics compare the samples with real images in
 a feature space (FID on Inception features, the domain FD on a built-in teacher's classifier
-features, and precision / recall / density / coverage, GAS Appendix B.6 after Naeem et al. 2020),
+features, their kernel counterparts KID and KD, and precision / recall / density / coverage, GAS
+Appendix B.6 after Naeem et al. 2020),
 so they also score the teacher itself: the "teacher" row of the leaderboards.
 
 A plugin adds a metric with::
@@ -199,6 +200,61 @@ metric("fid", direction="lower", paired=False, provenance=_space_provenance(_inc
        description="FID: Frechet distance of Inception-v3 features (clean-fid protocol) to the real images")(_frechet(_inception))
 metric("fd", direction="lower", paired=False, provenance=_space_provenance(domain_space),
        description="Domain FD: Frechet distance to the real images in the teacher's domain space (built-in teachers: their classifier's features)")(_frechet(domain_space))
+
+
+# clean-fid's kernel_distance defaults (clean-fid 0.1.35, cleanfid/fid.py:69), which its compute_kid uses
+KID_NUM_SUBSETS = 100
+KID_MAX_SUBSET_SIZE = 1000
+KID_SUBSET_SEED = 0
+
+
+def kid_from_features(fake: np.ndarray, real: np.ndarray) -> float:
+    """Unbiased KID (Binkowski et al. 2018, "Demystifying MMD GANs"): the unbiased estimate of the
+    squared MMD under the kernel (x.y / d + 1)^3, averaged over ``KID_NUM_SUBSETS`` pairs of
+    random subsets of min(len(fake), len(real), KID_MAX_SUBSET_SIZE) vectors each, computed by clean-fid's own
+    ``kernel_distance`` with the arguments in clean-fid's order (real first: cleanfid/fid.py:416)."""
+    if min(len(fake), len(real)) < 2:
+        raise GasbenchError(f"KID needs at least 2 samples and 2 real images, got {len(fake)} and {len(real)}.")
+    from cleanfid.fid import kernel_distance
+
+    with _numpy_global_seed(KID_SUBSET_SEED):
+        return kernel_distance(real, fake, num_subsets=KID_NUM_SUBSETS, max_subset_size=KID_MAX_SUBSET_SIZE)
+
+
+@contextlib.contextmanager
+def _numpy_global_seed(seed: int):
+    """kernel_distance draws its subsets from numpy's global generator and takes no seed
+    (cleanfid/fid.py:74-75); a benchmark value must not depend on what ran before, so the
+    generator is seeded for the call and the caller's state put back after it."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _kernel(space_of: Callable[[Any], str]) -> Callable[[Evaluation], float]:
+    def compute(evaluation: Evaluation) -> float:
+        space = space_of(evaluation.teacher)
+        return kid_from_features(evaluation.features(space), evaluation.real_features(space))
+
+    return compute
+
+
+def _kid_provenance(space_of: Callable[[Any], str]) -> Callable[[Any], dict]:
+    def provenance(teacher) -> dict:
+        return {**_space_provenance(space_of)(teacher), "estimator": "unbiased MMD^2, kernel (x.y / d + 1)^3, raw (not x 1e3)",
+                "subsets": KID_NUM_SUBSETS, "subset_size": f"min(samples, real images, {KID_MAX_SUBSET_SIZE})",
+                "subset_seed": f"numpy global generator seeded {KID_SUBSET_SEED} around cleanfid.fid.kernel_distance"}
+
+    return provenance
+
+
+metric("kid", direction="lower", paired=False, provenance=_kid_provenance(_inception),
+       description="KID: unbiased kernel distance of Inception-v3 features (clean-fid protocol and kernel_distance, raw value, not x 1e3) to the real images")(_kernel(_inception))
+metric("kd", direction="lower", paired=False, provenance=_kid_provenance(domain_space),
+       description="Domain KD: unbiased kernel distance (clean-fid's KID estimator, raw value) to the real images in the teacher's domain space")(_kernel(domain_space))
 
 
 def prdc(evaluation: Evaluation) -> dict[str, float]:

@@ -130,8 +130,10 @@ def peak_memory_mb(fn) -> float:
     return peak / 2**20
 
 
-def measure_training_step(teacher, method: str, nfes: list[int], batch_size: int, repeats: int = 3):
-    """Rows of (NFE, checkpointing, step ms, network ms, ratio, peak MB) for a learned method.
+def measure_training_step(teacher, method: str, nfes: list[int], batch_size: int, repeats: int = 3,
+                          options: dict | None = None):
+    """Rows of (NFE, checkpointing, step ms, network ms, ratio, peak MB) for a learned method with
+    ``options`` (e.g. the paper's LPIPS loss).
 
     ``network ms`` is the student's own network passes alone: NFE forward and backward passes of
     the teacher's denoiser at the batch size, the floor any training step pays; the ratio step /
@@ -142,7 +144,7 @@ def measure_training_step(teacher, method: str, nfes: list[int], batch_size: int
     rows = []
     for nfe in nfes:
         for checkpointing in (False, True):
-            solver = SOLVERS.get(method)(checkpointing=checkpointing)
+            solver = SOLVERS.get(method)(**{**(options or {}), "checkpointing": checkpointing})
             step, params, batch = _training_step(solver, teacher, nfe, batch_size)
             sigmas = solver.table_from({k: v.detach() for k, v in params.items()}, teacher, nfe).sigmas.float()
             denoiser = teacher.denoiser(batch.get("cond"))

@@ -120,18 +120,24 @@ def _check_row(row: dict[str, str]) -> Optional[str]:
     return None
 
 
+def read_table(path: Path, columns: list[str], what: str) -> pd.DataFrame:
+    """A csv of text cells with exactly ``columns``, or one GasbenchError saying what is wrong."""
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError) as exc:
+        raise GasbenchError(f"cannot read {what} '{path}': {exc}") from None
+    if list(raw.columns) != columns:
+        raise GasbenchError(f"{path} must have the columns {','.join(columns)}, found {','.join(raw.columns)}.")
+    return raw
+
+
 @lru_cache(maxsize=4)
 def load_paper_results(path: Path = PAPER_RESULTS) -> pd.DataFrame:
     """Every reported number, validated: columns as in the module docstring plus ``printed`` (the
     value's text as printed); ``nfe`` is a nullable integer and ``value`` a float. One row per
     (paper, table, teacher, method, nfe, metric), or a GasbenchError naming the bad line. The frame
     is cached per path: treat it as read-only."""
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError) as exc:
-        raise GasbenchError(f"cannot read the papers' results '{path}': {exc}") from None
-    if list(raw.columns) != COLUMNS:
-        raise GasbenchError(f"{path} must have the columns {','.join(COLUMNS)}, found {','.join(raw.columns)}.")
+    raw = read_table(path, COLUMNS, "the papers' results")
     for line, row in enumerate(raw.to_dict("records"), start=2):
         problem = _check_row(row)
         if problem:

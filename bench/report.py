@@ -31,6 +31,9 @@ from gasbench.tables import (
     direction_of,
     leaderboard,
     load_frame,
+    marks_footer,
+    row_sets,
+    seed_values,
     unranked_note,
     with_schedules,
 )
@@ -104,9 +107,16 @@ def _leaderboard_html(frame: pd.DataFrame, teacher: str, metric: str) -> str:
     means, stds = leaderboard(frame, teacher, metric)
     if means.empty:
         return ""
-    direction = direction_of(metric)
-    notes = "".join(f'<p class="note">{escape(line)}</p>' for line in unranked_note(direction, means, metric))
-    return _table_html(with_schedules(_shown(means, stds, direction, lambda s: BOLD + s), frame, teacher)) + notes
+    direction, per_seed = direction_of(metric), seed_values(frame, teacher, metric, means)
+    html = []
+    for rows, _ in row_sets(means, frame, teacher, direction):  # grouped, ablations apart, as the tables
+        part_means, part_stds = means.loc[rows], stds.loc[rows]
+        lines = unranked_note(direction, part_means, metric)
+        if metric not in COSTS:
+            lines.append(marks_footer(part_means, per_seed, direction, metric))
+        shown = with_schedules(_shown(part_means, part_stds, direction, lambda s: BOLD + s, per_seed), frame, teacher)
+        html.append(_table_html(shown) + "".join(f'<p class="note">{escape(line)}</p>' for line in lines))
+    return "".join(html)
 
 
 def _styles(methods: list[str], learned: dict[str, bool]) -> dict[str, dict[str, Any]]:

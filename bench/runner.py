@@ -49,6 +49,7 @@ from gasbench.core.records import (
 from gasbench.core.registry import SOLVERS
 from gasbench.core.seeds import SPLIT_STARTS
 from gasbench.core.weights import sha256_of
+from gasbench.jobs import costliest_first, shard_of, write_plan
 from gasbench.metrics import Evaluation, Metric, get_metric
 from gasbench.reuse import cell_identity, check_existing, reusable, teacher_identity
 from gasbench.sampling import AUTO_BATCH, auto_batch_size, sample_seeds
@@ -186,11 +187,12 @@ def save_reference_grid(teacher, reference: torch.Tensor, results_dir: Path) -> 
 
 
 def run(config: RunConfig, console: Optional[Console] = None,
-        timings: Optional[dict[str, float]] = None) -> list[CellRecord]:
+        timings: Optional[dict[str, float]] = None, shard: Optional[tuple[int, int]] = None) -> list[CellRecord]:
     """Run every (method, NFE) cell of ``config``, plus the teacher's own row; returns the records
     (new or reused), the teacher's first if it has one. ``timings``, if given, receives the
     seconds this call spent per method (training data, training and sampling; reused cells
-    cost nothing) and on the teacher's reference solutions.
+    cost nothing) and on the teacher's reference solutions. ``shard`` ``(I, N)``: only that shard
+    of the cells (:func:`gasbench.jobs.shard_of`).
 
     Launched by torchrun, the processes share the work (:mod:`gasbench.core.distributed`) and write
     the same records as one process; only rank 0 writes files and reports progress."""
@@ -215,6 +217,9 @@ def run(config: RunConfig, console: Optional[Console] = None,
         console.print(f"batch size {config.batch_size} (from free memory on {teacher.device})")
     metrics = [get_metric(name) for name in (config.metrics or teacher.protocol.metrics)]
     cells = build_cells(config, teacher)
+    planned = [(c.label, c.nfe) for c in cells]
+    if shard is not None:
+        cells = shard_of(cells, shard)
     if config.num_samples is None:
         config = replace(config, num_samples=teacher.protocol.samples)
     if config.num_samples < 1:
@@ -247,6 +252,8 @@ def run(config: RunConfig, console: Optional[Console] = None,
         distributed.on_main(lambda: save_reference_grid(teacher, references[0], config.results_dir))
         teacher_record = record_teacher(config, teacher, metrics, seed_sets, references, conditions, progress.console)
         records = [teacher_record] if teacher_record is not None else []
+        # the cells this command sets out to compute (gasbench status), once the first work is done
+        distributed.on_main(lambda: write_plan(config.results_dir, teacher.name, planned, config.command))
         timings[TEACHER_LABEL] = time.perf_counter() - start
         # counted in cells, so its ETA is the whole run's: the mean time of the cells computed so far
         # times the cells left (reused cells leave the total)
@@ -271,11 +278,6 @@ def run(config: RunConfig, console: Optional[Console] = None,
                     compute(index, cell, replace(config, overwrite=False))
     return records + [done[index] for index in range(len(cells))]
 
-
-def costliest_first(cells: list[Cell]) -> list[tuple[int, Cell]]:
-    """(index, cell) with learned cells before handcrafted ones and higher NFE first, so the
-    processes of a ``--jobs`` run finish together rather than wait on one long fit at the end."""
-    return sorted(enumerate(cells), key=lambda item: (not item[1].solver.learned, -item[1].nfe))
 
 
 def _score(metrics: list[Metric], evaluations: list[Evaluation]) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 rows = methods, columns = NFE, the best value of each column in bold: the lowest, the highest or,
 for a metric that a sampler should match its teacher on (precision, recall, density, coverage),
 the nearest the teacher row, as the metric's direction says (:data:`gasbench.metrics.DIRECTIONS`).
+With several seed sets every method not significantly worse than the best is bold too, and values
+indistinguishable from the teacher's are marked, by paired tests over the seed sets
+(:mod:`gasbench.paired`); the footer says how, and ``--vs`` tables the paired differences.
 A last ``schedule`` column names the time-step schedule each row ran on (:func:`with_schedules`).
 
 With the papers' numbers (``render(..., with_paper=True)``, ``gasbench table --with-paper``) each
@@ -21,7 +24,6 @@ published rows gets a one-line note in markdown and latex saying why.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -30,7 +32,16 @@ import pandas as pd
 from gasbench.core.errors import GasbenchError
 from gasbench.core.records import TEACHER_LABEL, iter_records
 from gasbench.metrics import get_metric
-from gasbench.paper import base_method, paper_numbers
+from gasbench.paired import LIKE_TEACHER, detectable_difference, footer, like_teacher, paired_difference, tied_with_best
+from gasbench.paper import paper_numbers
+from gasbench.published import (
+    csv_with_published,
+    display_order,
+    markdown_notes,
+    no_published,
+    published_rows,
+    with_published,
+)
 
 FORMATS = ("markdown", "latex", "csv")
 # What a cell cost, recorded with it and tabled like a metric (lower is better): the learned
@@ -47,19 +58,23 @@ COSTS = {
 
 def load_frame(results_dir: Path) -> pd.DataFrame:
     """One row per (teacher, method, NFE, metric) from every record under ``results_dir``, with
-    the mean over seed sets and their std (NaN for a single seed set)."""
+    the mean over seed sets, their std (NaN for a single seed set), the per-seed-set values
+    (None for one) and the seed sets they came from (what pairs two rows)."""
     rows = []
     for r in iter_records(results_dir):
         base = {"teacher": r["teacher"]["name"], "method": r["method"], "nfe": r["nfe"],
                 "reference": f"{r['solver']['name']} NFE {r['nfe']}" if r["method"] == TEACHER_LABEL else None,
-                "schedule": "learned" if r["solver"].get("learned") else r["solver"].get("schedule")}
+                "schedule": "learned" if r["solver"].get("learned") else r["solver"].get("schedule"),
+                "seeds": str(r.get("seeds"))}
         for name, value in r["metrics"].items():
-            rows.append({**base, "metric": name, "value": value, "std": r.get("metrics_std", {}).get(name, float("nan"))})
+            rows.append({**base, "metric": name, "value": value, "std": r.get("metrics_std", {}).get(name, float("nan")),
+                         "per_seed": r.get("metrics_per_seed_set", {}).get(name)})
         for name, cost in COSTS.items():
             value = cost(r)
             if value is not None:
                 rows.append({**base, "metric": name, "value": value, "std": float("nan")})
-    return pd.DataFrame(rows, columns=["teacher", "method", "nfe", "metric", "value", "std", "reference", "schedule"])
+    return pd.DataFrame(rows, columns=["teacher", "method", "nfe", "metric", "value", "std", "reference", "schedule",
+                                       "seeds", "per_seed"])
 
 
 def leaderboard(frame: pd.DataFrame, teacher: str, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -79,6 +94,52 @@ def leaderboard(frame: pd.DataFrame, teacher: str, metric: str) -> tuple[pd.Data
         table.index.name = "Method"
         tables.append(table)
     return tables[0], tables[1]
+
+
+def seed_values(frame: pd.DataFrame, teacher: str, metric: str, means: pd.DataFrame) -> dict[tuple[str, str], list]:
+    """(row label, column) -> per-seed-set values, for the cells of ``means`` whose records hold
+    them; empty unless every such record sampled the same seed sets (else nothing pairs)."""
+    sub = frame[(frame.teacher == teacher) & (frame.metric == metric) & frame.per_seed.notna()]
+    if sub.empty or sub.seeds.nunique() != 1:
+        return {}
+    values = {}
+    for r in sub.itertuples():
+        if r.method == TEACHER_LABEL:
+            label = next((i for i in means.index if i.startswith("Teacher (")), None)
+            values.update({(label, c): list(r.per_seed) for c in means.columns} if label else {})
+        elif f"NFE={r.nfe}" in means.columns:
+            values[(r.method, f"NFE={r.nfe}")] = list(r.per_seed)
+    return values
+
+
+def row_sets(means: pd.DataFrame, frame: pd.DataFrame, teacher: str, direction: str,
+             sort: bool = False) -> list[tuple[list[str], str]]:
+    """The row labels of each table and its heading, as the papers group them (GAS Table 2): the
+    teacher, the handcrafted solvers, the learned ones; then, in a table of their own, the
+    ablations and other configurations (labels with ``+option=value``) beneath the teacher and
+    the methods they vary (a configuration without its method's row stays in the first table).
+    ``sort``: by the mean over the columns within each group, best first."""
+    learned = set(frame[(frame.teacher == teacher) & (frame.schedule == "learned")].method)
+    teacher_rows = [i for i in means.index if i.startswith("Teacher (")]
+    bases = {i for i in means.index if "+" not in i}
+    # a configuration is an ablation when the method it varies has a row; else it is the method's row
+    variants = sorted(i for i in means.index if "+" in i and i.split("+")[0] in bases)
+    plain = [i for i in means.index if i not in teacher_rows and i not in variants]
+    target = teacher_value(means)
+
+    def ordered(rows: list[str]) -> list[str]:
+        if not sort:
+            return rows
+        value = means.loc[rows].mean(axis=1)
+        key = {"lower": value, "higher": -value, "teacher": (value - target).abs() if target is not None else value}[direction]
+        return list(key.sort_values(kind="stable").index)
+
+    handcrafted = ordered([i for i in plain if i not in learned])
+    sets = [(teacher_rows + handcrafted + ordered([i for i in plain if i in learned]), "")]
+    if variants:
+        bases = [i for i in plain if any(v.split("+")[0] == i for v in variants)]
+        sets.append((teacher_rows + bases + variants, ", ablations and other configurations"))
+    return [(rows, heading) for rows, heading in sets if len(rows) > len(teacher_rows)]
 
 
 def with_schedules(table: pd.DataFrame, frame: pd.DataFrame, teacher: str) -> pd.DataFrame:
@@ -123,9 +184,31 @@ def unranked_note(direction: str, means: pd.DataFrame, metric: str) -> list[str]
             f"records it here (`gasbench run` writes one with any distribution metric)."]
 
 
-def _shown(means: pd.DataFrame, stds: pd.DataFrame, direction: str, bold) -> pd.DataFrame:
-    """Formatted cells, ``mean ± std`` where a std exists; the best method (not the teacher) bold:
-    the lowest, the highest, or the nearest the teacher row (none without one), per ``direction``."""
+def _marks(means: pd.DataFrame, per_seed: dict, direction: str) -> tuple[dict, set, list[float]]:
+    """From the paired tests (:mod:`gasbench.paired`), per column the methods tied with the best;
+    the cells like the teacher's; and each cell's detectable difference to the column's best."""
+    teacher = next((i for i in means.index if i.startswith("Teacher (")), None)
+    tied, like, detectable = {}, set(), []
+    for col in means.columns:
+        rows = {m: per_seed[(m, col)] for m in means.index if m != teacher and (m, col) in per_seed}
+        lengths = {len(v) for v in rows.values()}
+        if len(rows) != means[col][[i for i in means.index if i != teacher]].notna().sum() or len(lengths) != 1 \
+                or min(lengths) < 2:
+            continue  # a row without per-seed values: the best mean alone is bold in this column
+        reference = per_seed.get((teacher, col))
+        tied[col] = tied_with_best(rows, reference, direction)
+        if reference is not None and len(reference) == min(lengths):
+            like |= {(m, col) for m, v in rows.items() if like_teacher(v, reference)}
+        best = min(tied[col], key=lambda m: means.loc[m, col] if direction != "higher" else -means.loc[m, col])
+        detectable += [detectable_difference(v, rows[best]) for m, v in rows.items() if m != best]
+    return tied, like, detectable
+
+
+def _shown(means: pd.DataFrame, stds: pd.DataFrame, direction: str, bold, per_seed: Optional[dict] = None) -> pd.DataFrame:
+    """Formatted cells, ``mean ± std`` where a std exists; bold: the best method (not the teacher):
+    the lowest, the highest, or the nearest the teacher row (none without one), per ``direction``,
+    and with per-seed values (``per_seed``, :func:`seed_values`) every method tied with it; values
+    indistinguishable from the teacher's end with :data:`~gasbench.paired.LIKE_TEACHER`."""
     mine = ~means.index.str.startswith("Teacher (")
     target = teacher_value(means)
     scores = {"lower": means, "higher": -means, "teacher": None if target is None else (means - target).abs()}[direction]
@@ -136,12 +219,41 @@ def _shown(means: pd.DataFrame, stds: pd.DataFrame, direction: str, bold) -> pd.
         return f"{mean:.4g}" if pd.isna(std) else f"{mean:.4g} ± {std:.2g}"
 
     shown = pd.DataFrame({c: [cell(m, d) for m, d in zip(means[c], stds[c])] for c in means.columns}, index=means.index)
+    tied, like, _ = _marks(means, per_seed or {}, direction)
+    for label, col in like:
+        shown.loc[label, col] += f" {LIKE_TEACHER}"
     if scores is None:
         return shown
     for col in means.columns:
-        hits = (scores[col] == scores.loc[mine, col].min()) & mine
+        hits = means.index.isin(sorted(tied[col])) if col in tied else (scores[col] == scores.loc[mine, col].min()) & mine
         shown.loc[hits, col] = shown.loc[hits, col].map(bold)
     return shown
+
+
+def marks_footer(means: pd.DataFrame, per_seed: dict, direction: str, metric: str) -> str:
+    """The footer line of a leaderboard: how its bold and teacher marks were decided."""
+    seed_sets = max((len(v) for v in per_seed.values()), default=1)
+    return footer(seed_sets, _marks(means, per_seed, direction)[2], metric)
+
+
+def versus(means: pd.DataFrame, per_seed: dict, baseline: str) -> pd.DataFrame:
+    """Cells as the paired difference to ``baseline`` (a method label, or ``teacher``) on the same
+    seed sets, ``mean ± std`` of the per-seed-set differences; '-' where either lacks them."""
+    label = next((i for i in means.index if i.startswith("Teacher (")), None) if baseline == TEACHER_LABEL else baseline
+    if label is None or label not in means.index:
+        raise GasbenchError(f"--vs {baseline}: no such row in this table; choose 'teacher' or one of its methods.")
+
+    def cell(row: str, col: str) -> str:
+        a, b = per_seed.get((row, col)), per_seed.get((label, col))
+        if a is None or b is None or len(a) != len(b) or len(a) < 2:
+            return "-"
+        mean, std = paired_difference(a, b)
+        return f"{mean:+.4g} ± {std:.2g}"
+
+    rows = [i for i in means.index if i != label]
+    out = pd.DataFrame({c: [cell(r, c) for r in rows] for c in means.columns}, index=rows)
+    out.index.name = f"Method - {label}"
+    return out
 
 
 def default_metrics(teacher: str) -> tuple[str, ...]:
@@ -174,95 +286,6 @@ def select_methods(frame: pd.DataFrame, methods: list[str] | None, exclude: list
     return frame[keep.astype(bool)]  # an empty mask has dtype object, which pandas reads as column labels
 
 
-@dataclass
-class Published:
-    """One method of one paper's table as a leaderboard row: its values in our NFE columns."""
-
-    method: str
-    source: str  # the table, e.g. "GAS Table 2a"
-    printed: dict[str, str]  # column -> the value as the paper prints it
-    values: dict[str, float]
-    note: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.method} ({self.source})"
-
-
-def published_rows(numbers: pd.DataFrame, columns: list[str]) -> list[Published]:
-    """The papers' numbers (:func:`gasbench.paper.paper_numbers`) as rows over ``columns``
-    (``NFE=n``); a value without an NFE (a teacher's own) fills every column the row has no
-    per-NFE value for. Rows with nothing in ``columns`` are left out."""
-    rows = []
-    for (source, method), group in numbers.groupby(["table", "method"], sort=False):
-        printed, values = {}, {}
-        for r in group.sort_values("nfe", na_position="last").itertuples():
-            for col in columns if pd.isna(r.nfe) else [f"NFE={r.nfe}"]:
-                if col in columns and col not in printed:
-                    printed[col], values[col] = r.printed, r.value
-        if printed:
-            note = "; ".join(dict.fromkeys(n for n in group.note if n))
-            rows.append(Published(method, source, printed, values, note))
-    return rows
-
-
-def _display_order(ours: list[str], published: list[Published]) -> list[tuple[str, Optional[Published]]]:
-    """(label, None) for our rows and (label, row) for published ones, in the order the module
-    docstring describes; the stable sorts keep the papers' table order within a method."""
-    def method_of(label: str) -> str:
-        return TEACHER_LABEL if label.startswith("Teacher (") else label
-
-    last_of_solver = {base_method(method_of(label)): i for i, label in enumerate(ours)}
-    left = list(published)
-    order: list[tuple[str, Optional[Published]]] = []
-
-    def take(rows: list[Published]) -> None:
-        order.extend((p.label, p) for p in rows)
-        for p in rows:
-            left.remove(p)
-
-    if TEACHER_LABEL not in map(method_of, ours):  # the papers' teacher rows head the table as ours would
-        take([p for p in left if p.method == TEACHER_LABEL])
-    for i, label in enumerate(ours):
-        order.append((label, None))
-        method = method_of(label)
-        take([p for p in left if p.method == method])
-        if last_of_solver[base_method(method)] == i:
-            take(sorted((p for p in left if base_method(p.method) == base_method(method)), key=lambda p: p.method))
-    take(sorted(left, key=lambda p: (base_method(p.method), p.method)))
-    return order
-
-
-def _with_published(shown: pd.DataFrame, order) -> pd.DataFrame:
-    """Our formatted rows and the published ones (as printed, '-' where the paper has none)."""
-    rows = [shown.loc[label] if p is None else pd.Series({c: p.printed.get(c, "-") for c in shown.columns})
-            for label, p in order]
-    merged = pd.DataFrame(rows, index=[label for label, _ in order], columns=shown.columns)
-    merged.index.name = shown.index.name
-    return merged
-
-
-def _csv_with_published(merged: pd.DataFrame, order) -> pd.DataFrame:
-    """The csv rows: ours with ``source`` gasbench, the papers' under their method label."""
-    rows = [{**merged.loc[label].to_dict(), "source": "gasbench", "note": ""} if p is None
-            else {**p.values, "source": p.source, "note": p.note} for label, p in order]
-    out = pd.DataFrame(rows, index=[label if p is None else p.method for label, p in order],
-                       columns=[*merged.columns, "source", "note"])
-    out.index.name = merged.index.name
-    return out
-
-
-def _no_published(teacher: str, metric: str, reported: pd.DataFrame, selected: pd.DataFrame) -> str:
-    """The one-line note for a table without published rows: the papers report nothing for it,
-    nothing among the selected methods, or nothing at the NFEs measured here."""
-    if reported.empty:
-        return f"No published {metric} numbers for teacher '{teacher}' in the GAS, S4S or DLMS tables."
-    if selected.empty:
-        return f"No published {metric} numbers for teacher '{teacher}' among the selected methods."
-    nfes = ", ".join(str(n) for n in sorted(set(selected.nfe.dropna())))
-    return f"The papers report {metric} for teacher '{teacher}' only at NFE {nfes}, none of which is measured here."
-
-
 def _latex_label(label: str) -> str:
     """A method label as LaTeX text (option names such as train_size hold underscores)."""
     return label.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")
@@ -270,11 +293,13 @@ def _latex_label(label: str) -> str:
 
 def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "markdown", teacher: str | None = None,
            methods: list[str] | None = None, exclude: list[str] | None = None, with_paper: bool = False,
-           nfes: list[int] | None = None) -> str:
+           nfes: list[int] | None = None, vs: str | None = None, sort: bool = False) -> str:
     """Leaderboards of every teacher (or one) for each of ``metrics`` (default: the teacher's first),
     with the methods :func:`select_methods` keeps; ``with_paper`` adds the papers' numbers for the
     same teacher and metric (the patterns select among those too), laid out as the module
-    docstring says; ``nfes``: only those NFE columns."""
+    docstring says; ``nfes``: only those NFE columns; ``vs``: the paired differences to that row
+    (``teacher`` or a method label) instead of the values (:func:`versus`); rows grouped as
+    :func:`row_sets` says, ``sort``: by value within each group."""
     if fmt not in FORMATS:
         raise GasbenchError(f"unknown table format '{fmt}'; choose one of {', '.join(FORMATS)}.")
     for name in metrics or []:
@@ -296,47 +321,62 @@ def render(results_dir: Path, metrics: list[str] | None = None, fmt: str = "mark
             means, stds = leaderboard(frame, name, metric)
             if means.empty:
                 continue
-            arrow, unranked = arrow_text(direction, means), unranked_note(direction, means, metric)
-            order, notes = None, []
-            if with_paper:
-                reported = paper_numbers(name, metric)
-                selected = select_methods(reported, methods, exclude)
-                published = published_rows(selected, list(means.columns))
-                order = _display_order(list(means.index), published)
-                notes = ([f"{p.label}: {p.note}" for _, p in order if p is not None and p.note] if published
-                         else [_no_published(name, metric, reported, selected)])
-            if fmt == "csv":
-                merged = with_schedules(means.join(stds.add_suffix(" std")), frame, name)
-                if order is not None:
-                    merged = _csv_with_published(merged, order)
-                parts.append(merged.reset_index().assign(teacher=name, metric=metric).to_csv(index=False))
-            elif fmt == "latex":
-                shown = with_schedules(_shown(means, stds, direction, lambda s: f"\\textbf{{{s}}}"), frame, name)
-                if order is not None:
-                    shown = _with_published(shown, order)
-                parts.append(f"% {name}: {metric} ({arrow})\n"
-                             + shown.rename(index=_latex_label).to_latex().replace("±", "$\\pm$")
-                             + "".join(f"% {line}\n" for line in unranked + notes))
-            else:
-                shown = with_schedules(_shown(means, stds, direction, lambda s: f"**{s}**"), frame, name)
-                if order is not None:
-                    shown = _with_published(shown, order)
-                parts.append(f"### {name}: {metric} ({arrow})\n\n" + shown.to_markdown()
-                             + "".join(f"\n\n_{line}_" for line in unranked)
-                             + (_markdown_notes(notes, bool(published)) if with_paper else ""))
+            per_seed = seed_values(frame, name, metric, means)
+            if vs is not None:
+                parts.append(_versus_part(versus(means, per_seed, vs), name, metric, vs, fmt))
+                continue
+            paper = (methods, exclude) if with_paper else None
+            for index, (rows, heading) in enumerate(row_sets(means, frame, name, direction, sort)):
+                parts.append(_part(means.loc[rows], stds.loc[rows], per_seed, frame, name, metric, fmt, heading,
+                                   paper if index == 0 else None))
     if not parts:
         wanted = ", ".join(metrics) if metrics else "any metric"
         raise GasbenchError(f"no results for {wanted} recorded under '{results_dir}' for {', '.join(teachers)}.")
     return "\n\n".join(parts) + "\n"
 
 
-def _markdown_notes(notes: list[str], published: bool) -> str:
-    """Under a table with published rows: what they are, then their notes; else the one-line note."""
-    if not published:
-        return f"\n\n_{notes[0]}_"
-    lines = ["_Rows 'method (Paper Table N)': the papers' reported numbers as printed, not measured here; "
-             "bold is the best of ours._", *(f"- {line}" for line in notes)]
-    return "\n\n" + "\n".join(lines)
+def _part(means: pd.DataFrame, stds: pd.DataFrame, per_seed: dict, frame: pd.DataFrame, name: str, metric: str,
+          fmt: str, heading: str, paper: Optional[tuple]) -> str:
+    """One table in ``fmt``: its marks and footer; with ``paper`` (the method patterns) the
+    papers' rows for the same teacher and metric."""
+    direction = direction_of(metric)
+    arrow, unranked = arrow_text(direction, means), unranked_note(direction, means, metric)
+    if metric not in COSTS:  # a cost has no seed sets
+        unranked = unranked + [marks_footer(means, per_seed, direction, metric)]
+    order, notes, published = None, [], []
+    if paper is not None:
+        reported = paper_numbers(name, metric)
+        selected = select_methods(reported, *paper)
+        published = published_rows(selected, list(means.columns))
+        order = display_order(list(means.index), published)
+        notes = ([f"{p.label}: {p.note}" for _, p in order if p is not None and p.note] if published
+                 else [no_published(name, metric, reported, selected)])
+    title = f"{name}: {metric}{heading} ({arrow})"
+    if fmt == "csv":
+        merged = with_schedules(means.join(stds.add_suffix(" std")), frame, name)
+        if order is not None:
+            merged = csv_with_published(merged, order)
+        return merged.reset_index().assign(teacher=name, metric=metric).to_csv(index=False)
+    if fmt == "latex":
+        shown = with_schedules(_shown(means, stds, direction, lambda s: f"\\textbf{{{s}}}", per_seed), frame, name)
+        if order is not None:
+            shown = with_published(shown, order)
+        return (f"% {title}\n" + shown.rename(index=_latex_label).to_latex().replace("±", "$\\pm$")
+                + "".join(f"% {line}\n" for line in unranked + notes))
+    shown = with_schedules(_shown(means, stds, direction, lambda s: f"**{s}**", per_seed), frame, name)
+    if order is not None:
+        shown = with_published(shown, order)
+    return (f"### {title}\n\n" + shown.to_markdown() + "".join(f"\n\n_{line}_" for line in unranked)
+            + (markdown_notes(notes, bool(published)) if paper is not None else ""))
+
+
+def _versus_part(table: pd.DataFrame, teacher: str, metric: str, baseline: str, fmt: str) -> str:
+    title = f"{teacher}: {metric}, paired difference to {baseline} (mean ± std over seed sets)"
+    if fmt == "csv":
+        return table.reset_index().assign(teacher=teacher, metric=metric).to_csv(index=False)
+    if fmt == "latex":
+        return f"% {title}\n" + table.rename(index=_latex_label).to_latex().replace("±", "$\\pm$")
+    return f"### {title}\n\n" + table.to_markdown()
 
 
 MARKER = "<!-- gasbench-table{name}:{end} -->"

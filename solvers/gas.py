@@ -118,7 +118,8 @@ class GeneralizedAdversarialSolver(GeneralizedSolver):
     def start_training(self, teacher, nfe: int) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config["seed"])
-            self.discriminator = self.make_discriminator(teacher)
+            # on the teacher's device (a GPU), like the networks; the solver's tensors cross to it
+            self.discriminator = self.make_discriminator(teacher).to(teacher.device)
         self.discriminator.requires_grad_(False)
         self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.config["disc_lr"], betas=(0.9, 0.999))
 
@@ -129,12 +130,18 @@ class GeneralizedAdversarialSolver(GeneralizedSolver):
         self.discriminator.load_state_dict(state["discriminator"])
         self.disc_optimizer.load_state_dict(state["disc_optimizer"])
 
+    def judge(self, x: torch.Tensor, cond) -> torch.Tensor:
+        """The discriminator's logits of ``x``, computed on its device and returned to ``x``'s."""
+        device = next(self.discriminator.parameters()).device
+        cond = cond.to(device) if cond is not None else None
+        return self.discriminator(x.to(device), cond).to(x.device)
+
     @phase("discriminator")
     def discriminator_step(self, fake: torch.Tensor, real: torch.Tensor, cond) -> None:
         """One Adam step of the discriminator on the relativistic loss + gamma/2 (R1 + R2)."""
         disc = self.discriminator.requires_grad_(True)
         real, fake = real.detach().requires_grad_(True), fake.detach().requires_grad_(True)
-        real_logits, fake_logits = disc(real, cond), disc(fake, cond)
+        real_logits, fake_logits = self.judge(real, cond), self.judge(fake, cond)
         penalties = gradient_penalty(real, real_logits) + gradient_penalty(fake, fake_logits)
         loss = (relativistic_loss(real_logits, fake_logits) + self.config["gamma"] / 2 * penalties).mean()
         self.disc_optimizer.zero_grad(set_to_none=True)
@@ -154,5 +161,5 @@ class GeneralizedAdversarialSolver(GeneralizedSolver):
             fake = self.solve(params, teacher, nfe, fresh, cond)
         self.discriminator_step(fake, real, cond)
         student = self.solve(params, teacher, nfe, batch["noise"], cond, checkpointing)
-        adversarial = relativistic_loss(self.discriminator(student, cond), self.discriminator(real, cond)).mean()
+        adversarial = relativistic_loss(self.judge(student, cond), self.judge(real, cond)).mean()
         return distillation_loss(self.config["loss"], student, real, teacher) + self.config["adv_weight"] * adversarial

@@ -209,6 +209,9 @@ class GeneralizedSolver(LearnedSolver):
     """GS; see the module docstring for the parametrisation, its ablations and CPU budget."""
 
     name = "gs"
+    # validation pairs only score the fit (initial and final loss, early-stopping checks on the
+    # first 100); the solver adopted is the final EMA either way, so 200, S4S's count, is enough
+    validation_size = 200
     options = {
         "schedule": "time-uniform",
         "parametrization": "gs",

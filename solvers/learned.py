@@ -55,16 +55,17 @@ TRAINING_OPTIONS = {
     "checkpointing": False,
     # early stopping (gasbench.solvers.fit): checks every validate_every iterations (0: none), and
     # the fit stops after patience checks without improvement (0: runs to `iterations`)
-    "validate_every": 25,
+    "validate_every": 50,
     "patience": 2,
 }
 
 
-@lru_cache(maxsize=1)
-def _lpips_vgg():
+@lru_cache(maxsize=2)
+def _lpips_vgg(device: torch.device):
+    """LPIPS-VGG on the teacher's device: at 224 pixels it costs more than a small teacher."""
     from gasbench.core.lpips_metric import load_lpips
 
-    return load_lpips("vgg")[0]
+    return load_lpips("vgg")[0].to(device)
 
 
 def distillation_loss(name: str, student: torch.Tensor, target: torch.Tensor, teacher) -> torch.Tensor:
@@ -76,7 +77,8 @@ def distillation_loss(name: str, student: torch.Tensor, target: torch.Tensor, te
     if name == "lpips-vgg":
         from gasbench.core.lpips_metric import lpips_distance
 
-        return lpips_distance(teacher.decode(student), teacher.decode(target), _lpips_vgg(), resize_to=224).mean()
+        model = _lpips_vgg(torch.device(getattr(teacher, "device", "cpu")))
+        return lpips_distance(teacher.decode(student), teacher.decode(target), model, resize_to=224).mean().to(student.device)
     raise GasbenchError(f"unknown distillation loss {name!r}; choose one of {', '.join(LOSSES)}.")
 
 

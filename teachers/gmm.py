@@ -38,7 +38,7 @@ class GaussianMixtureTeacher(Teacher):
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
         x64 = x.to(torch.float64).flatten(1)
-        mu = self.means.flatten(1)
+        mu = self.means.flatten(1).to(x.device)  # the means stay on the CPU for sample_data
         # (1, 1) for one sigma, (B, 1) for one per sample
         var = self.std**2 + torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1) ** 2
         logits = -torch.cdist(x64, mu).pow(2) / (2 * var)

@@ -347,7 +347,9 @@ def report_of_an_empty_directory(setup):
 
 
 def recorded_files(results: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in sorted(results.rglob("*")) if p.is_file()}
+    """Every file under ``results`` but the run plans (``.plans/``: what a command set out to do,
+    for `gasbench status`, written by any run that got as far as the teacher row)."""
+    return {p: p.read_bytes() for p in sorted(results.rglob("*")) if p.is_file() and ".plans" not in p.parts}
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -110,10 +110,10 @@ def test_list_shows_everything(monkeypatch, capsys):
 
 def test_table_into_document(recorded, tmp_path, monkeypatch, capsys):
     doc = tmp_path / "README.md"
-    doc.write_text("# title\n<!-- gasbench-table:start -->\nold\n<!-- gasbench-table:end -->\ntail\n")
+    doc.write_text("# title\n<!-- gasbench-table:start -->\nSTALE-CONTENT\n<!-- gasbench-table:end -->\ntail\n")
     code, out, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", recorded, "--into", doc)
     text = doc.read_text()
-    assert code == 0 and "old" not in text and "| dpmpp3m" in text and text.endswith("tail\n")
+    assert code == 0 and "STALE-CONTENT" not in text and "| dpmpp3m" in text and text.endswith("tail\n")
     doc.write_text("no markers")
     code, _, err = gasbench(monkeypatch, capsys, "table", "--results-dir", recorded, "--into", doc)
     assert code == 2 and "no '<!-- gasbench-table:start -->'" in err and doc.read_text() == "no markers"
@@ -123,11 +123,11 @@ def test_table_selects_methods_and_fills_a_named_block(recorded, tmp_path, monke
     code, out, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", recorded, "-m", "dpm*,euler", "--exclude", "euler")
     assert code == 0 and "| dpmpp3m" in out and "euler" not in out and "heun" not in out
     doc = tmp_path / "README.md"
-    blocks = "<!-- gasbench-table:start -->\nmain\n<!-- gasbench-table:end -->\n<!-- gasbench-table:abl:start -->\nold\n<!-- gasbench-table:abl:end -->\n"
+    blocks = "<!-- gasbench-table:start -->\nmain\n<!-- gasbench-table:end -->\n<!-- gasbench-table:abl:start -->\nSTALE-CONTENT\n<!-- gasbench-table:abl:end -->\n"
     doc.write_text(blocks)
     code, _, _ = gasbench(monkeypatch, capsys, "table", "--results-dir", recorded, "-m", "heun", "--into", doc, "--block", "abl")
     text = doc.read_text()
-    assert code == 0 and "main" in text and "old" not in text and "| heun" in text and "dpmpp3m" not in text
+    assert code == 0 and "main" in text and "STALE-CONTENT" not in text and "| heun" in text and "dpmpp3m" not in text
 
 
 def test_seeds_and_metrics_options_and_multi_metric_table(tmp_path, monkeypatch, capsys):

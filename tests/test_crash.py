@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 from gasbench.core.errors import GasbenchError
 from gasbench.core.records import read_record, without_volatile
 from gasbench.core.registry import SOLVERS
+from gasbench.core.seeds import SPLIT_STARTS
 from gasbench.tables import render
 
 # gs with 120 iterations checkpoints at iteration 100 (LearnedSolver.fit's checkpoint_every) and at
@@ -220,7 +221,9 @@ def test_leftover_temporary_and_truncated_files_are_not_read_as_complete(uninter
     state.unlink()
     (cell / "solver.safetensors").write_bytes((cell / "solver.safetensors").read_bytes()[:50])
     # a validation shard: gone, a partial temporary file in its place (regenerated for the refit)
-    [shard] = [p for p in (tmp_path / "home" / "trajectories").rglob("shard-00002.safetensors")]
+    [validation] = [m.parent for m in (tmp_path / "home" / "trajectories").rglob("manifest.json")
+                    if json.loads(m.read_text())["seeds"][0] == SPLIT_STARTS["validation"]]
+    shard = validation / "shard-00000.safetensors"
     stale.append(temp(shard, finished.pid, shard.read_bytes()[:1000]))
     shard.unlink()
     # temporary files of a live process (this one) and of another host are not this run's to remove
