@@ -191,8 +191,8 @@ def status(
 
     rows = cell_states(results_dir)
     if not rows:
-        raise GasbenchError(f"no run has been started on {results_dir} (no {results_dir}/.plans); "
-                            f"`gasbench run --results-dir {results_dir}` starts one.")
+        raise GasbenchError(f"no run on {results_dir} has written its plan ({results_dir}/.plans): a run writes it "
+                            f"once its teacher row is recorded; `gasbench run --results-dir {results_dir}` starts one.")
     for command in dict.fromkeys(r["command"] for r in rows):
         mine = [r for r in rows if r["command"] == command]
         counts = {s: sum(r["state"] == s for r in mine) for s in ("recorded", "running", "missing")}

@@ -60,7 +60,7 @@ def test_status_says_recorded_running_and_missing(monkeypatch, capsys, tmp_path)
     assert {c for c, s in states.items() if s == "missing"} == set(LABELS) - set(first) - {"gmm/heun/nfe4"}
     assert "4 recorded" in out
     code, _, err = gasbench(monkeypatch, capsys, "status", "--results-dir", tmp_path / "never")
-    assert code != 0 and "no run has been started" in err
+    assert code != 0 and "has written its plan" in err
 
 
 @pytest.mark.slow
