@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from gasbench.core.errors import GasbenchError
-from gasbench.core.registry import SOLVERS
+from gasbench.core.registry import SOLVERS, default_run_solvers
 
 BUDGETS = ("cpu", "paper", "matched")
 DEFAULT_REFERENCE = "gs"
@@ -58,9 +58,9 @@ def budget_rows(teacher, nfe: int, reference: str = DEFAULT_REFERENCE) -> list[d
     from gasbench.core.seeds import SPLIT_SIZES
 
     rows = []
-    for entry in SOLVERS:
+    for entry in default_run_solvers():
         cls = entry.obj
-        if not getattr(cls, "learned", False) or not getattr(cls, "in_default_run", True):
+        if not getattr(cls, "learned", False):
             continue
         for budget in BUDGETS:
             solver = cls(**budget_options(cls, budget, teacher, nfe, reference))

@@ -20,7 +20,7 @@ from gasbench.cli_common import PluginOption, console, err_console, load_plugins
 from gasbench.cli_tools import bench_app, claims, data_app, status, teacher_app, teachers
 from gasbench.core import distributed
 from gasbench.core.errors import GasbenchError
-from gasbench.core.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS
+from gasbench.core.registry import METRICS, SCHEDULES, SOLVERS, TEACHERS, default_run_solvers
 from gasbench.teachers.load import load_teacher
 
 # typer >= 0.24 vendors its own click: its usage errors are not click's classes
@@ -170,7 +170,7 @@ def run(
         raise GasbenchError(f"--budget {config.budget}: choose one of {', '.join(BUDGETS)}.")
     SOLVERS.resolve(config.matched_to)
     results_dir = config.results_dir
-    cells = len(config.methods or [e for e in SOLVERS if getattr(e.obj, "in_default_run", True)]) * len(config.nfes)
+    cells = len(config.methods or default_run_solvers()) * len(config.nfes)
     job_count = local_jobs.resolve_jobs(jobs, config.device, cells)
     if job_count > 1 and config.threads is None:
         config.threads = local_jobs.threads_per_job(job_count)

@@ -46,7 +46,7 @@ from gasbench.core.records import (
     ensure_writable,
     write_json_atomic,
 )
-from gasbench.core.registry import SOLVERS
+from gasbench.core.registry import SOLVERS, default_run_solvers
 from gasbench.core.seeds import SPLIT_STARTS
 from gasbench.core.weights import sha256_of
 from gasbench.jobs import costliest_first, shard_of, write_plan
@@ -120,7 +120,7 @@ def method_label(name: str, options: dict[str, Any], defaults: Optional[dict[str
 def build_cells(config: RunConfig, teacher) -> list[Cell]:
     """Instantiate every method and check every NFE before any sampling starts."""
     # solvers that need something imported first (the GAS authors' students) run only when named
-    names = config.methods or [entry.name for entry in SOLVERS if getattr(entry.obj, "in_default_run", True)]
+    names = config.methods or [entry.name for entry in default_run_solvers()]
     if not config.nfes:
         raise GasbenchError("no NFE to run; give --nfe, e.g. --nfe 4,6,8.")
     if any(n < 1 for n in config.nfes):

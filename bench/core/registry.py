@@ -164,6 +164,12 @@ register_schedule = SCHEDULES.decorator
 register_metric = METRICS.decorator
 
 
+def default_run_solvers() -> list[Entry]:
+    """The solvers `gasbench run` takes without ``-m``: every registered one but those that need
+    something imported first (the GAS authors' students: ``in_default_run = False``)."""
+    return [entry for entry in SOLVERS if getattr(entry.obj, "in_default_run", True)]
+
+
 def import_plugin(spec: str) -> None:
     """Import a plugin given as a dotted module name or a path to a ``.py`` file."""
     import importlib.util
