@@ -61,15 +61,19 @@ def differ_p_value(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.ttest_rel(a, b).pvalue)
 
 
-def tied_with_best(per_seed: dict[str, Sequence[float]], teacher: Optional[Sequence[float]], direction: str) -> set[str]:
-    """The methods of one column that are bold: the best mean and those not significantly worse.
+def tied_with_best(per_seed: dict[str, Sequence[float]], teacher: Optional[Sequence[float]],
+                   direction: str) -> tuple[set[str], list[float]]:
+    """The methods of one column that are bold (the best mean score and those not significantly
+    worse), and each other method's detectable difference to the best, on the oriented scores.
     ``per_seed``: method -> values over the same seed sets (at least two)."""
     oriented = {m: scores(v, teacher, direction) for m, v in per_seed.items()}
     oriented = {m: s for m, s in oriented.items() if s is not None}
     if not oriented:
-        return set()
+        return set(), []
     best = min(oriented, key=lambda m: oriented[m].mean())
-    return {m for m, s in oriented.items() if m == best or worse_p_value(s, oriented[best]) >= ALPHA}
+    others = {m: s for m, s in oriented.items() if m != best}
+    tied = {best} | {m for m, s in others.items() if worse_p_value(s, oriented[best]) >= ALPHA}
+    return tied, [detectable_difference(s, oriented[best]) for s in others.values()]
 
 
 def like_teacher(values: Sequence[float], teacher: Sequence[float]) -> bool:

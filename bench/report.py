@@ -32,6 +32,7 @@ from gasbench.tables import (
     leaderboard,
     load_frame,
     marks_footer,
+    paired_marks,
     row_sets,
     seed_values,
     unranked_note,
@@ -111,10 +112,10 @@ def _leaderboard_html(frame: pd.DataFrame, teacher: str, metric: str) -> str:
     html = []
     for rows, _ in row_sets(means, frame, teacher, direction):  # grouped, ablations apart, as the tables
         part_means, part_stds = means.loc[rows], stds.loc[rows]
-        lines = unranked_note(direction, part_means, metric)
+        lines, marks = unranked_note(direction, part_means, metric), paired_marks(part_means, per_seed, direction)
         if metric not in COSTS:
-            lines.append(marks_footer(part_means, per_seed, direction, metric))
-        shown = with_schedules(_shown(part_means, part_stds, direction, lambda s: BOLD + s, per_seed), frame, teacher)
+            lines.append(marks_footer(per_seed, marks, metric))
+        shown = with_schedules(_shown(part_means, part_stds, direction, lambda s: BOLD + s, marks), frame, teacher)
         html.append(_table_html(shown) + "".join(f'<p class="note">{escape(line)}</p>' for line in lines))
     return "".join(html)
 

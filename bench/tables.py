@@ -32,7 +32,7 @@ import pandas as pd
 from gasbench.core.errors import GasbenchError
 from gasbench.core.records import TEACHER_LABEL, iter_records
 from gasbench.metrics import get_metric
-from gasbench.paired import LIKE_TEACHER, detectable_difference, footer, like_teacher, paired_difference, tied_with_best
+from gasbench.paired import LIKE_TEACHER, footer, like_teacher, paired_difference, tied_with_best
 from gasbench.paper import paper_numbers
 from gasbench.published import (
     csv_with_published,
@@ -184,7 +184,7 @@ def unranked_note(direction: str, means: pd.DataFrame, metric: str) -> list[str]
             f"records it here (`gasbench run` writes one with any distribution metric)."]
 
 
-def _marks(means: pd.DataFrame, per_seed: dict, direction: str) -> tuple[dict, set, list[float]]:
+def paired_marks(means: pd.DataFrame, per_seed: dict, direction: str) -> tuple[dict, set, list[float]]:
     """From the paired tests (:mod:`gasbench.paired`), per column the methods tied with the best;
     the cells like the teacher's; and each cell's detectable difference to the column's best."""
     teacher = next((i for i in means.index if i.startswith("Teacher (")), None)
@@ -196,19 +196,18 @@ def _marks(means: pd.DataFrame, per_seed: dict, direction: str) -> tuple[dict, s
                 or min(lengths) < 2:
             continue  # a row without per-seed values: the best mean alone is bold in this column
         reference = per_seed.get((teacher, col))
-        tied[col] = tied_with_best(rows, reference, direction)
+        tied[col], spread = tied_with_best(rows, reference, direction)
+        detectable += spread
         if reference is not None and len(reference) == min(lengths):
             like |= {(m, col) for m, v in rows.items() if like_teacher(v, reference)}
-        best = min(tied[col], key=lambda m: means.loc[m, col] if direction != "higher" else -means.loc[m, col])
-        detectable += [detectable_difference(v, rows[best]) for m, v in rows.items() if m != best]
     return tied, like, detectable
 
 
-def _shown(means: pd.DataFrame, stds: pd.DataFrame, direction: str, bold, per_seed: Optional[dict] = None) -> pd.DataFrame:
+def _shown(means: pd.DataFrame, stds: pd.DataFrame, direction: str, bold, marks: Optional[tuple] = None) -> pd.DataFrame:
     """Formatted cells, ``mean ± std`` where a std exists; bold: the best method (not the teacher):
     the lowest, the highest, or the nearest the teacher row (none without one), per ``direction``,
-    and with per-seed values (``per_seed``, :func:`seed_values`) every method tied with it; values
-    indistinguishable from the teacher's end with :data:`~gasbench.paired.LIKE_TEACHER`."""
+    and where the paired tests ran (``marks``, :func:`paired_marks`) every method tied with it;
+    values indistinguishable from the teacher's end with :data:`~gasbench.paired.LIKE_TEACHER`."""
     mine = ~means.index.str.startswith("Teacher (")
     target = teacher_value(means)
     scores = {"lower": means, "higher": -means, "teacher": None if target is None else (means - target).abs()}[direction]
@@ -219,7 +218,7 @@ def _shown(means: pd.DataFrame, stds: pd.DataFrame, direction: str, bold, per_se
         return f"{mean:.4g}" if pd.isna(std) else f"{mean:.4g} ± {std:.2g}"
 
     shown = pd.DataFrame({c: [cell(m, d) for m, d in zip(means[c], stds[c])] for c in means.columns}, index=means.index)
-    tied, like, _ = _marks(means, per_seed or {}, direction)
+    tied, like, _ = marks or ({}, set(), [])
     for label, col in like:
         shown.loc[label, col] += f" {LIKE_TEACHER}"
     if scores is None:
@@ -230,10 +229,10 @@ def _shown(means: pd.DataFrame, stds: pd.DataFrame, direction: str, bold, per_se
     return shown
 
 
-def marks_footer(means: pd.DataFrame, per_seed: dict, direction: str, metric: str) -> str:
-    """The footer line of a leaderboard: how its bold and teacher marks were decided."""
-    seed_sets = max((len(v) for v in per_seed.values()), default=1)
-    return footer(seed_sets, _marks(means, per_seed, direction)[2], metric)
+def marks_footer(per_seed: dict, marks: tuple, metric: str) -> str:
+    """The footer line of a leaderboard: how its bold and teacher marks (:func:`paired_marks`)
+    were decided."""
+    return footer(max((len(v) for v in per_seed.values()), default=1), marks[2], metric)
 
 
 def versus(means: pd.DataFrame, per_seed: dict, baseline: str) -> pd.DataFrame:
@@ -341,8 +340,9 @@ def _part(means: pd.DataFrame, stds: pd.DataFrame, per_seed: dict, frame: pd.Dat
     papers' rows for the same teacher and metric."""
     direction = direction_of(metric)
     arrow, unranked = arrow_text(direction, means), unranked_note(direction, means, metric)
+    marks = paired_marks(means, per_seed, direction)
     if metric not in COSTS:  # a cost has no seed sets
-        unranked = unranked + [marks_footer(means, per_seed, direction, metric)]
+        unranked = unranked + [marks_footer(per_seed, marks, metric)]
     order, notes, published = None, [], []
     if paper is not None:
         reported = paper_numbers(name, metric)
@@ -358,12 +358,12 @@ def _part(means: pd.DataFrame, stds: pd.DataFrame, per_seed: dict, frame: pd.Dat
             merged = csv_with_published(merged, order)
         return merged.reset_index().assign(teacher=name, metric=metric).to_csv(index=False)
     if fmt == "latex":
-        shown = with_schedules(_shown(means, stds, direction, lambda s: f"\\textbf{{{s}}}", per_seed), frame, name)
+        shown = with_schedules(_shown(means, stds, direction, lambda s: f"\\textbf{{{s}}}", marks), frame, name)
         if order is not None:
             shown = with_published(shown, order)
         return (f"% {title}\n" + shown.rename(index=_latex_label).to_latex().replace("±", "$\\pm$")
                 + "".join(f"% {line}\n" for line in unranked + notes))
-    shown = with_schedules(_shown(means, stds, direction, lambda s: f"**{s}**", per_seed), frame, name)
+    shown = with_schedules(_shown(means, stds, direction, lambda s: f"**{s}**", marks), frame, name)
     if order is not None:
         shown = with_published(shown, order)
     return (f"### {title}\n\n" + shown.to_markdown() + "".join(f"\n\n_{line}_" for line in unranked)

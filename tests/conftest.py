@@ -120,3 +120,19 @@ def recording(monkeypatch):
             self._init_args, self._init_kwargs = args, copy.deepcopy(kwargs)
 
         monkeypatch.setattr(cls, "__init__", init)
+
+
+@pytest.fixture
+def small_inception(monkeypatch):
+    """The FID Inception network (skips the test where it cannot be resolved offline or from
+    PyPI), its reference features capped at 16 real images."""
+    from gasbench import fid
+    from gasbench.core.errors import GasbenchError
+    from gasbench.features import FEATURE_SPACES
+
+    try:
+        fid.resolve_fid_inception()
+    except GasbenchError as exc:
+        pytest.skip(f"FID network unavailable here: {exc}")
+    monkeypatch.setattr(FEATURE_SPACES["inception"], "max_reference_images", 16)
+    return fid

@@ -12,11 +12,12 @@ import re
 import numpy as np
 import pytest
 from cleanfid.fid import kernel_distance
+from helpers import gasbench
+
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import TEACHERS
 from gasbench.fid import fid_from_features
 from gasbench.metrics import KID_NUM_SUBSETS, Evaluation, get_metric, kid_from_features
-from helpers import gasbench
 
 
 @pytest.fixture(scope="module")
@@ -119,16 +120,9 @@ def test_kd_in_a_run_record_and_listed(monkeypatch, capsys, tmp_path):
     assert code == 0 and re.search(r"\bkid\b", out) and re.search(r"\bkd\b", out)
 
 
-def test_kid_metric_on_inception_features(gmm, monkeypatch):
+def test_kid_metric_on_inception_features(gmm, small_inception):
     """KID through the registered metric: the record names the FID network, a shifted set scores worse."""
-    from gasbench import fid
-    from gasbench.features import FEATURE_SPACES
-
-    try:
-        fid.resolve_fid_inception()
-    except GasbenchError as exc:
-        pytest.skip(f"FID network unavailable here: {exc}")
-    monkeypatch.setattr(FEATURE_SPACES["inception"], "max_reference_images", 16)
+    fid = small_inception
     kid = get_metric("kid")
     provenance = kid.describe(gmm)
     assert provenance["network"] == fid.FID_NETWORK_NAME and provenance["reference"]["count"] == 16

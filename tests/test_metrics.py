@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from gasbench.metrics import Evaluation, get_metric, prdc
 from gasbench.core.registry import TEACHERS
+from gasbench.metrics import Evaluation, get_metric, prdc
 from gasbench.runner import RunConfig, run
 from gasbench.tables import render
 
@@ -115,8 +115,8 @@ def test_rerun_reuses_records(three_seed_run):
 
 
 def test_reference_features_are_cached_on_disk(gmm):
-    from gasbench.features import feature_space
     from gasbench.core.weights import gasbench_home
+    from gasbench.features import feature_space
 
     first, provenance = feature_space("pixels").reference(gmm)
     files = list((gasbench_home() / "reference_features" / "gmm").glob("pixels-*.npz"))
@@ -126,18 +126,10 @@ def test_reference_features_are_cached_on_disk(gmm):
     assert provenance["reference"]["sha256"] and provenance["space"] == "pixels"
 
 
-def test_fid_metric_end_to_end_records_the_network(gmm, monkeypatch):
+def test_fid_metric_end_to_end_records_the_network(gmm, small_inception):
     """FID through the registered metric: the network resolves offline first (else by pip from
     PyPI, as on a fresh checkout), the record names it, and a shifted set scores worse."""
-    from gasbench import fid
-    from gasbench.core.errors import GasbenchError
-    from gasbench.features import FEATURE_SPACES
-
-    try:
-        fid.resolve_fid_inception()
-    except GasbenchError as exc:
-        pytest.skip(f"FID network unavailable here: {exc}")
-    monkeypatch.setattr(FEATURE_SPACES["inception"], "max_reference_images", 16)
+    fid = small_inception
     metric = get_metric("fid")
     provenance = metric.describe(gmm)
     assert provenance["network"] == fid.FID_NETWORK_NAME and len(provenance["sha256"]) == 64
