@@ -47,7 +47,8 @@ Ablations (as solver options):
 * ``guidance=false`` (GAS Table 5, "w/o theory"): the coefficients of each update on every
   previous point and output (in the ``correction_space`` state) are free parameters, initialised
   to DPM-Solver++(3M)'s at the initial steps and no longer recomputed when the steps move;
-* ``decouple=false`` (Table 5): no xi, the denoiser is evaluated on the integration steps;
+* ``decouple=false`` (GAS Eq. 20's xi removed; the paper has no table for it): no xi, the denoiser
+  is evaluated on the integration steps;
 * ``parametrization=s4s`` (Table 10, "S4S LMS"): x_{n+1} = a_n x_n + b_n sum_{j<=n} c_{j,n} D_j
   with the theoretical first-order a_n = sigma_{n+1}/sigma_n and b_n = 1 - a_n at the current
   steps and free multiplicative coefficients c (every previous output: no order limit), S4S's
