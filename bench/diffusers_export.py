@@ -133,10 +133,17 @@ class GasbenchScheduler(SchedulerMixin, ConfigMixin):
         return cls(a=table.a.tolist(), c=table.c.tolist(), sigmas=table.sigmas.tolist(),
                    sigma_max=float(teacher.sigma_max), noise_schedule=schedule_state(schedule),
                    source={**(source or {}), "sigma_final": float(table.sigma_final),
-                           "guidance_scale": getattr(teacher, "guidance_scale", 1.0)})
+                           "guidance_scale": getattr(teacher, "guidance_scale", 1.0),
+                           "embedded_guidance": getattr(teacher, "embedded_guidance", None),
+                           "size": list(getattr(teacher, "size", ())) or None})
 
-    def set_timesteps(self, num_inference_steps: Optional[int] = None, device: "str | torch.device | None" = None):
-        """Start a new solve: the M network timesteps on ``device``; ``num_inference_steps`` must be M (or None)."""
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device: "str | torch.device | None" = None,
+                      sigmas: Optional[list] = None, mu: Optional[float] = None):
+        """Start a new solve: the M network timesteps on ``device``; ``num_inference_steps`` must be M (or None).
+
+        ``sigmas`` and ``mu`` are accepted because flow pipelines pass their default grid and dynamic
+        shift (FluxPipeline always does) and unused: the table's steps are the solver's, for the
+        resolution the cell was run at (its teacher's recorded shift)."""
         if num_inference_steps is not None and num_inference_steps != self.nfe:
             source = self.config.source or {}
             raise GasbenchError(
@@ -148,6 +155,12 @@ class GasbenchScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = 0
         self._states: list[torch.Tensor] = []  # x_0..x_n, EDM space, float64
         self._denoised: list[torch.Tensor] = []  # D_0..D_n
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Pipelines that set where the loop starts (FluxPipeline) must start at step 0."""
+        if begin_index != 0:
+            raise GasbenchError(f"the exported table is replayed from pure noise through all {self.nfe} steps; "
+                                f"it cannot begin at step {begin_index} (image-to-image).")
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The identity: the pipeline's variable is already the network's input."""

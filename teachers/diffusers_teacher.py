@@ -14,8 +14,9 @@ so each kind of training schedule is converted to that space by a small
   x_t = (1 - t) x_0 + t eps, v = eps - x_0, so sigma = t / (1 - t) and x_t = (1 - t) x.
 
 Supported networks: UNet2DModel (unconditional or class labels), DiT (DiTTransformer2DModel, class
-labels, learned-sigma outputs truncated to the sample channels) and, with a text front end
-(:mod:`gasbench.teachers.sd15`), UNet2DConditionModel. Classifier-free guidance (Ho & Salimans,
+labels, learned-sigma outputs truncated to the sample channels) and, with their text front ends
+(:mod:`gasbench.teachers.text_to_image`), the Stable Diffusion 1.x/2.x, SDXL, SD3 and Flux
+pipelines. Classifier-free guidance (Ho & Salimans,
 2022) is applied inside :meth:`DiffusersTeacher.denoise` from one batched call on the condition
 and the null condition, so one NFE is one (doubled) network call.
 """
@@ -68,13 +69,14 @@ class DiffusersTeacher(Teacher):
                  reference: Optional[ReferenceSolver] = None,
                  weights_sha256: Optional[str] = None,
                  spec: Optional[str] = None,
-                 decode_batch: int = 16):
+                 decode_batch: int = 16,
+                 image_seq_len: Optional[int] = None):
         if guidance_scale != 1.0 and null_condition is None:
             raise GasbenchError(f"teacher '{name}': guidance scale {guidance_scale} needs a null condition "
                                 f"(this model has no unconditional input).")
         self.name = name
         self.model = model.eval().requires_grad_(False)
-        self.schedule = schedule_from_config(scheduler_config)
+        self.schedule = schedule_from_config(scheduler_config, image_seq_len)
         self.time = self.schedule
         self.sigma_min, self.sigma_max = self.schedule.sigma_min, self.schedule.sigma_max
         self.sigma_data = self.schedule.sigma_data
@@ -113,13 +115,16 @@ class DiffusersTeacher(Teacher):
             x_in, timestep = torch.cat([x_in, x_in]), torch.cat([timestep, timestep])
         dtype = next(self.model.parameters()).dtype
         with self.autocast():
-            output = self.model(x_in.to(self.device, dtype), timestep.to(self.device, torch.float32),
-                                **self.condition_kwargs(cond), return_dict=False)[0]
+            output = self._network(x_in.to(self.device, dtype), timestep.to(self.device, torch.float32), cond)
         output = output[:, : self.shape[0]].to(torch.float64)
         if guided:
             conditional, unconditional = output.chunk(2)
             output = unconditional + self.guidance_scale * (conditional - unconditional)
         return self.schedule.to_denoised(output.to(x.device), x64, sigma).to(x.dtype)
+
+    def _network(self, x_in: torch.Tensor, timestep: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+        """One network call on the schedule's input and timestep; the output in the sample's layout."""
+        return self.model(x_in, timestep, **self.condition_kwargs(cond), return_dict=False)[0]
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
         return self._evaluate(x, sigma, cond)
@@ -163,16 +168,18 @@ class DiffusersTeacher(Teacher):
         """The teacher of ``spec``: a local pipeline folder (model_index.json), a single model folder
         (config.json with scheduler_config.json beside it or in ../scheduler), or a hub id that
         diffusers downloads (unless GASBENCH_OFFLINE=1); ``?guidance=W`` sets the CFG scale of a
-        conditional model (default: the pipeline's own default, e.g. 4.0 for DiT)."""
+        conditional model (default: the pipeline's own default, e.g. 4.0 for DiT; for a
+        guidance-distilled Flux the scale it takes as input); ``?size=HxW`` (or ``?size=N``) the
+        resolution in pixels of a text-to-image pipeline (default: its own)."""
         spec, options = _parse_spec(spec)
         folder = resolve_folder(spec)
         if (folder / "model_index.json").is_file():
             index = json.loads((folder / "model_index.json").read_text())
-            if "text_encoder" in index and "tokenizer" in index:
-                from gasbench.teachers.sd15 import TextToImageTeacher
+            if "text_encoder" in index or "text_encoder_2" in index:
+                from gasbench.teachers.text_to_image import TextToImageTeacher
 
-                return TextToImageTeacher.from_folder(folder, spec=spec, name=teacher_name(spec, options.get("guidance")),
-                                                      guidance=options.get("guidance"))
+                return TextToImageTeacher.from_folder(folder, spec=spec, name=teacher_name(spec, **options),
+                                                      guidance=options.get("guidance"), size=options.get("size"))
             component = next((c for c in ("unet", "transformer") if c in index), None)
             if component is None:
                 raise GasbenchError(f"{folder}/model_index.json names no 'unet' or 'transformer' component; "
@@ -193,11 +200,11 @@ class DiffusersTeacher(Teacher):
         kind = type(model).__name__
         if kind not in SUPPORTED_MODELS:
             raise GasbenchError(f"{model_folder} holds a {kind}; gasbench's diffusers teacher supports "
-                                f"{', '.join(SUPPORTED_MODELS)} (SD3/Flux-style transformers need their text "
-                                f"encoders and are not supported).")
+                                f"{', '.join(SUPPORTED_MODELS)} on their own, and SDXL, SD3 and Flux networks "
+                                f"inside their full pipeline folders (with text encoders).")
         if kind == "UNet2DConditionModel":
             raise GasbenchError(f"{model_folder} is a text-conditioned UNet but {folder} has no text_encoder and "
-                                f"tokenizer; use a full Stable Diffusion pipeline folder or the sd15 teacher.")
+                                f"tokenizer; use a full Stable Diffusion (or SDXL) pipeline folder or the sd15 teacher.")
         num_classes, null = _class_conditioning(model)
         guidance = options.get("guidance")
         if guidance is None:
@@ -205,6 +212,8 @@ class DiffusersTeacher(Teacher):
         elif null is None:
             raise GasbenchError(f"'{spec}' has no unconditional input, so ?guidance= cannot apply.")
         name = teacher_name(spec, options.get("guidance"))
+        if "size" in options:
+            raise GasbenchError(f"?size= applies to text-to-image pipelines; {model_folder} samples at its network's size.")
         config = model.config
         size = config.sample_size if isinstance(config.sample_size, (tuple, list)) else (config.sample_size,) * 2
         return cls(name, model, json.loads(scheduler_file.read_text()), (config.in_channels, *size), vae=vae,
@@ -218,6 +227,8 @@ def _feature_module(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
     config = model.config
     if getattr(model, "mid_block", None) is not None:
         return model.mid_block, config.block_out_channels[-1]
+    if hasattr(model, "context_embedder"):  # MMDiT (SD3, Flux): the image tokens before the output projection
+        return model.norm_out, config.num_attention_heads * config.attention_head_dim
     if hasattr(model, "transformer_blocks"):
         return model.transformer_blocks[-1], config.num_attention_heads * config.attention_head_dim
     if hasattr(model, "down_blocks"):
@@ -249,19 +260,27 @@ def _parse_spec(spec: str) -> tuple[str, dict]:
     options: dict[str, Any] = {}
     for item in filter(None, query.split("&")):
         key, _, value = item.partition("=")
-        if key != "guidance":
-            raise GasbenchError(f"unknown option '{key}' in the diffusers spec; the only option is ?guidance=<scale>.")
-        try:
-            options["guidance"] = float(value)
-        except ValueError:
-            raise GasbenchError(f"?guidance= needs a number, got '{value}'.") from None
+        if key == "guidance":
+            try:
+                options["guidance"] = float(value)
+            except ValueError:
+                raise GasbenchError(f"?guidance= needs a number, got '{value}'.") from None
+        elif key == "size":
+            match = re.fullmatch(r"(\d+)(?:x(\d+))?", value)
+            if match is None or int(match[1]) < 1:
+                raise GasbenchError(f"?size= needs pixels as HxW or N (e.g. ?size=1024x768), got '{value}'.")
+            options["size"] = (int(match[1]), int(match[2] or match[1]))
+        else:
+            raise GasbenchError(f"unknown option '{key}' in the diffusers spec; the options are ?guidance=<scale> "
+                                f"and ?size=<H>x<W>.")
     return spec, options
 
 
-def teacher_name(spec: str, guidance: Optional[float] = None) -> str:
-    """A filesystem-safe teacher name: ``diffusers-<last path component>[-cfg<w>]``."""
+def teacher_name(spec: str, guidance: Optional[float] = None, size: Optional[tuple[int, int]] = None) -> str:
+    """A filesystem-safe teacher name: ``diffusers-<last path component>[-cfg<w>][-<H>x<W>]``."""
     last = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(spec.rstrip("/\\")).name or "model").strip("._") or "model"
-    return f"diffusers-{last}" + (f"-cfg{guidance:g}" if guidance is not None else "")
+    return (f"diffusers-{last}" + (f"-cfg{guidance:g}" if guidance is not None else "")
+            + (f"-{size[0]}x{size[1]}" if size is not None else ""))
 
 
 def resolve_folder(spec: str) -> Path:

@@ -20,22 +20,25 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import register_teacher
 from gasbench.teachers.base import ReferenceSolver, WeightsDeclaration
-from gasbench.teachers.diffusers_teacher import (
-    DiffusersTeacher, pipeline_default_guidance, load_component, resolve_folder, weights_digest,
+from gasbench.teachers.diffusers_teacher import resolve_folder, weights_digest
+from gasbench.teachers.text_to_image import (
+    DEFAULT_PROMPTS,
+    TextToImageTeacher,
+    component_folders,
+    import_transformers,
+    load_pipeline,
+    read_prompts,
 )
-from gasbench.teachers.protocol import EvaluationProtocol
 
-DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "default_prompts.txt"
 PROMPTS_ENV = "GASBENCH_SD15_PROMPTS"
 SD15_HUB_IDS = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5")
 SD15_REFERENCE = ReferenceSolver("ipndm", 8, "gits", {"order": 2})
@@ -43,131 +46,6 @@ CLIP_MODEL = "openai/clip-vit-large-patch14"
 # OpenAI CLIP's input normalisation (Radford et al., 2021), shared by every released CLIP
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def read_prompts(path: Path) -> list[str]:
-    """The non-empty lines of a prompt file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise GasbenchError(f"prompt file {path} does not exist; give a text file with one caption per line.")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise GasbenchError(f"prompt file {path} has no captions (one per line).")
-    return prompts
-
-
-def _import_transformers():
-    try:
-        import transformers
-    except ImportError as exc:
-        raise GasbenchError("text-to-image teachers and the CLIP score need `transformers`: "
-                            "pip install 'gasbench[diffusers]' (or pip install transformers).") from exc
-    return transformers
-
-
-class TextToImageTeacher(DiffusersTeacher):
-    """A Stable Diffusion-style pipeline (UNet2DConditionModel + CLIP text encoder + VAE).
-
-    Condition i is the index of a prompt; index ``len(prompts)`` is the empty prompt, the null
-    condition of classifier-free guidance as in the diffusers pipeline.
-    """
-
-    # the MS-COCO protocol of the papers: 30,000 samples; FID needs the user's reference images
-    # (--reference-images), so it is asked for by name
-    protocol = EvaluationProtocol(metrics=("clip-score", "rmse", "psnr"), samples=30_000)
-    modality = "text"
-
-    def __init__(self, name: str, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module,
-                 tokenizer, scheduler_config: dict, prompts: Sequence[str], *, guidance_scale: float = 7.5,
-                 reference: Optional[ReferenceSolver] = None, weights_sha256: Optional[str] = None,
-                 spec: Optional[str] = None):
-        if getattr(unet.config, "addition_embed_type", None) is not None:
-            raise GasbenchError(f"the UNet of '{spec or name}' takes extra conditioning ({unet.config.addition_embed_type}, "
-                                f"as SDXL does); only Stable Diffusion 1.x/2.x-style UNets are supported.")
-        self.prompts = list(prompts)
-        # what records say about the captions the CLIP score compared with
-        self.prompts_source = (f"{len(self.prompts)} captions, sha256 "
-                               f"{hashlib.sha256(chr(10).join(self.prompts).encode()).hexdigest()}")
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self._embeddings: dict[int, torch.Tensor] = {}
-        size = unet.config.sample_size
-        super().__init__(name, unet, scheduler_config, (unet.config.in_channels, size, size), vae=vae,
-                         condition_kwargs=self._text_kwargs, null_condition=torch.tensor([len(self.prompts)]),
-                         guidance_scale=guidance_scale, reference=reference, weights_sha256=weights_sha256, spec=spec)
-
-    def modules(self) -> list[torch.nn.Module]:
-        return super().modules() + [self.text_encoder]
-
-    def conditions(self, generators: list[torch.Generator]) -> torch.Tensor:
-        """Prompt index ``seed mod len(prompts)`` per sample (the generator's seed), no randomness drawn."""
-        return torch.tensor([g.initial_seed() % len(self.prompts) for g in generators])
-
-    def prompts_for(self, cond: torch.Tensor) -> list[str]:
-        """The captions of a batch of conditions (what the CLIP score compares images with)."""
-        return [self.prompts[int(i)] for i in cond]
-
-    @torch.no_grad()
-    def _embed(self, indices: list[int]) -> None:
-        texts = [self.prompts[i] if i < len(self.prompts) else "" for i in indices]
-        tokens = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        mask = tokens.attention_mask.to(self.device) if getattr(self.text_encoder.config, "use_attention_mask", False) else None
-        with self.autocast():
-            hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
-        # kept on the CPU: a caption file of thousands of prompts would hold GiBs of device memory
-        self._embeddings.update(zip(indices, hidden.float().cpu()))
-
-    def _text_kwargs(self, cond: Optional[torch.Tensor]) -> dict:
-        if cond is None:
-            raise GasbenchError(f"teacher '{self.name}' needs a prompt index per sample.")
-        indices = [int(i) for i in cond]
-        missing = sorted(set(indices) - set(self._embeddings))
-        if missing:
-            self._embed(missing)
-        states = torch.stack([self._embeddings[i] for i in indices]).to(self.device)
-        return {"encoder_hidden_states": states.to(next(self.model.parameters()).dtype)}
-
-    def describe(self) -> dict[str, Any]:
-        digest = hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()
-        return {**super().describe(), "prompts": {"count": len(self.prompts), "sha256": digest,
-                                                  "rule": "sample seed s uses prompt s mod count"}}
-
-    @classmethod
-    def from_folder(cls, folder: Path, *, spec: str, name: str, guidance: Optional[float] = None) -> "TextToImageTeacher":
-        """A saved text-to-image pipeline folder with the default prompts; ``guidance`` defaults to
-        the pipeline class's own default (7.5 for StableDiffusionPipeline)."""
-        parts, pipeline = load_pipeline_parts(folder)
-        guidance = pipeline_default_guidance(pipeline) if guidance is None else guidance
-        return cls(name, **parts, prompts=read_prompts(DEFAULT_PROMPTS), guidance_scale=guidance, spec=spec)
-
-
-def load_pipeline_parts(folder: Path) -> tuple[dict[str, Any], Optional[str]]:
-    """The constructor arguments of :class:`TextToImageTeacher` from a saved pipeline folder
-    (unet, vae, text_encoder, tokenizer, scheduler), and the pipeline's class name."""
-    transformers = _import_transformers()
-    index = json.loads((folder / "model_index.json").read_text())
-    components = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-    missing = [c for c in components if c not in index]
-    if missing:
-        raise GasbenchError(f"{folder}/model_index.json lacks {', '.join(missing)}; a text-to-image teacher "
-                            f"needs a Stable Diffusion-style pipeline.")
-    text_classes = {c: getattr(transformers, index[c][1], None) for c in ("text_encoder", "tokenizer")}
-    for component, found in text_classes.items():
-        if found is None:
-            raise GasbenchError(f"{folder}: transformers has no class '{index[component][1]}' for the {component}.")
-    unet = load_component(folder / "unet")
-    if type(unet).__name__ != "UNet2DConditionModel":
-        raise GasbenchError(f"{folder}/unet holds a {type(unet).__name__}; text-to-image teachers need a UNet2DConditionModel.")
-    parts = {
-        "unet": unet,
-        "vae": load_component(folder / "vae"),
-        "text_encoder": text_classes["text_encoder"].from_pretrained(folder / "text_encoder"),
-        "tokenizer": text_classes["tokenizer"].from_pretrained(folder / "tokenizer"),
-        "scheduler_config": json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
-        "weights_sha256": weights_digest([folder / c for c in components]),
-    }
-    return parts, index.get("_class_name")
 
 
 @register_teacher("sd15", description="Stable Diffusion 1.5 (diffusers), text-to-image latents, CFG 7.5, prompts by seed")
@@ -189,15 +67,18 @@ class SD15Teacher(TextToImageTeacher):
         prompts = prompts if prompts is not None else os.environ.get(PROMPTS_ENV) or None
         captions = read_prompts(DEFAULT_PROMPTS if prompts is None else prompts)
         digest = hashlib.sha256("\n".join(captions).encode()).hexdigest()[:8]
-        parts, _ = load_pipeline_parts(resolve_folder(source))
-        super().__init__("sd15" if prompts is None else f"sd15-prompts-{digest}", **parts, prompts=captions,
-                         guidance_scale=7.5, reference=SD15_REFERENCE, spec=source)
+        folder = resolve_folder(source)
+        pipe = load_pipeline(folder)
+        if type(pipe).__name__ != "StableDiffusionPipeline":
+            raise GasbenchError(f"{source} holds a {type(pipe).__name__}, not Stable Diffusion 1.5.")
+        super().__init__("sd15" if prompts is None else f"sd15-prompts-{digest}", pipe, captions, guidance=7.5,
+                         reference=SD15_REFERENCE, spec=source, weights_sha256=weights_digest(component_folders(folder)))
 
 
 @functools.lru_cache(maxsize=2)
 def load_clip(model_id: str = CLIP_MODEL):
     """(CLIPModel, tokenizer) from a hub id (downloaded by transformers) or a saved local folder."""
-    transformers = _import_transformers()
+    transformers = import_transformers()
     offline = os.environ.get("GASBENCH_OFFLINE") == "1"
     try:
         model = transformers.CLIPModel.from_pretrained(model_id, local_files_only=offline).eval().requires_grad_(False)

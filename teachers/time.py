@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -208,8 +208,9 @@ class FlowMatchSchedule(NoiseSchedule):
     kind = "flow-matching"
     prediction_type = "flow"
 
-    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0, dynamic: Optional[dict] = None):
         self.steps, self.shift = int(num_train_timesteps), float(shift)
+        self.dynamic = dynamic  # how a resolution-dependent shift was resolved (for the record)
         self.sigma_min = float(self.sigma(torch.tensor(1 / self.steps, dtype=torch.float64)))
         self.sigma_max = float(self.sigma(torch.tensor(1 - 1 / self.steps, dtype=torch.float64)))
 
@@ -229,19 +230,46 @@ class FlowMatchSchedule(NoiseSchedule):
         return (1 - t) * x - t * output
 
     def describe(self):
-        return {**super().describe(), "shift": self.shift}
+        return {**super().describe(), "shift": self.shift, **({"dynamic_shift": self.dynamic} if self.dynamic else {})}
 
 
-def schedule_from_config(config: dict) -> NoiseSchedule:
-    """The :class:`NoiseSchedule` a diffusers scheduler config describes (by its ``_class_name``)."""
+def dynamic_shift(config: dict, image_seq_len: int) -> tuple[float, dict]:
+    """The shift s of a scheduler with ``use_dynamic_shifting`` at one resolution, and how it was found.
+
+    diffusers' Flux/SD3 pipelines set mu linearly in the latent token count between
+    (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift) (diffusers'
+    ``calculate_shift``) and warp the unshifted time u by e^mu / (e^mu + 1/u - 1) ("exponential")
+    or mu / (mu + 1/u - 1) ("linear"): the static shift of :class:`FlowMatchSchedule` with s = e^mu
+    or s = mu. Resolved once per teacher (one resolution per run) and recorded."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    mu = calculate_shift(image_seq_len, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                         config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+    kind = config.get("time_shift_type", "exponential")
+    if kind not in ("exponential", "linear"):
+        raise GasbenchError(f"time_shift_type '{kind}' in the scheduler config is not one diffusers defines "
+                            f"(exponential, linear).")
+    shift = math.exp(mu) if kind == "exponential" else mu
+    return shift, {"mu": mu, "image_seq_len": int(image_seq_len), "time_shift_type": kind}
+
+
+def schedule_from_config(config: dict, image_seq_len: Optional[int] = None) -> NoiseSchedule:
+    """The :class:`NoiseSchedule` a diffusers scheduler config describes (by its ``_class_name``);
+    ``image_seq_len`` (latent tokens) resolves a flow scheduler's dynamic shift (:func:`dynamic_shift`)."""
     name = config.get("_class_name", "")
     prediction = config.get("prediction_type", "epsilon")
     if name in FLOW_SCHEDULERS or config.get("use_flow_sigmas"):
-        if config.get("use_dynamic_shifting") or config.get("invert_sigmas"):
-            raise GasbenchError(f"{name} with use_dynamic_shifting (a resolution-dependent shift) or invert_sigmas "
-                                f"is not supported; gasbench needs a fixed `shift` and t = 1 at the noise end.")
+        if config.get("invert_sigmas") or config.get("shift_terminal"):
+            raise GasbenchError(f"{name} with invert_sigmas or shift_terminal is not supported; gasbench needs the "
+                                f"shifted flow time with t = 1 at the noise end.")
+        steps = config.get("num_train_timesteps", 1000)
+        if config.get("use_dynamic_shifting"):
+            if image_seq_len is None:
+                raise GasbenchError(f"{name} shifts its times by resolution (use_dynamic_shifting); this model's "
+                                    f"resolution is unknown here, so its schedule cannot be resolved.")
+            return FlowMatchSchedule(steps, *dynamic_shift(config, image_seq_len))
         shift = config.get("flow_shift", 1.0) if config.get("use_flow_sigmas") else config.get("shift", 1.0)
-        return FlowMatchSchedule(config.get("num_train_timesteps", 1000), shift)
+        return FlowMatchSchedule(steps, shift)
     if name in EDM_SCHEDULERS:
         return EDMSchedule(config.get("sigma_min", 0.002), config.get("sigma_max", 80.0),
                            config.get("sigma_data", 0.5), prediction)

@@ -2,15 +2,23 @@
 DiffusersTeacher.from_pretrained and checked against diffusers' own schedulers and pipelines."""
 
 import json
-import string
 
 import numpy as np
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, DiTTransformer2DModel,
-    DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler, EDMEulerScheduler, FlowMatchEulerDiscreteScheduler,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DiTPipeline,
+    DiTTransformer2DModel,
+    DPMSolverMultistepScheduler,
+    EDMDPMSolverMultistepScheduler,
+    EDMEulerScheduler,
+    FlowMatchEulerDiscreteScheduler,
 )
+from helpers import SCHEDULERS, tiny_unet
+from tiny_pipelines import tiny_text_config, tiny_tokenizer, tiny_vae
 
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import SOLVERS
@@ -18,7 +26,6 @@ from gasbench.solvers.executor import execute, trace
 from gasbench.solvers.handcrafted import euler
 from gasbench.solvers.schedules import make_sigmas
 from gasbench.teachers.diffusers_teacher import DiffusersTeacher, teacher_name
-from helpers import SCHEDULERS, tiny_unet
 
 # the same network read with a wrong conversion: what a parity test must be able to see
 WRONG = {"vp-epsilon": {"prediction_type": "v_prediction"}, "vp-v": {"prediction_type": "epsilon"},
@@ -30,13 +37,6 @@ def _one_thread():
     """The networks here are tiny: a second thread only adds synchronisation (several times slower
     on a busy two-core machine)."""
     torch.set_num_threads(1)
-
-
-def tiny_vae() -> AutoencoderKL:
-    torch.manual_seed(1)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
-                         norm_num_groups=4, sample_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -330,26 +330,6 @@ def test_single_model_folder_with_its_scheduler_config(tmp_path):
 
 # --- Stable Diffusion 1.5 and the CLIP score -----------------------------------------------------
 
-def tiny_tokenizer(max_length=16):
-    """A character-level CLIP tokenizer (no merges), enough to tell prompts apart."""
-    from transformers import CLIPTokenizer
-
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    tokenizer.model_max_length = max_length
-    return tokenizer
-
-
-def tiny_text_config(tokenizer, **extra):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(vocab_size=len(tokenizer.get_vocab()), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                          num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id, **extra)
-
-
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
     """A Stable Diffusion-style pipeline folder: text UNet, KL VAE, CLIP text encoder and tokenizer, and
@@ -401,7 +381,7 @@ def test_sd15_reference_and_embedding_cache(sd_folder):
 
     teacher = SD15Teacher(weights=sd_folder)
     calls = []
-    teacher.text_encoder.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    teacher.pipe.text_encoder.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
     cond = teacher.conditions([torch.Generator().manual_seed(s) for s in (0, 1, 64)])
     assert cond.tolist() == [0, 1, 0]
     samples = solve_reference(teacher, noise(teacher.shape, batch=3), teacher.reference.nfe, cond)
@@ -430,7 +410,7 @@ def test_sd15_prompt_file_and_weights(sd_folder, tmp_path, monkeypatch):
 
 
 def test_a_stable_diffusion_folder_through_the_diffusers_spec(sd_folder):
-    from gasbench.teachers.sd15 import TextToImageTeacher
+    from gasbench.teachers.text_to_image import TextToImageTeacher
 
     teacher = DiffusersTeacher.from_pretrained(str(sd_folder))
     assert isinstance(teacher, TextToImageTeacher)

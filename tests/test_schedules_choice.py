@@ -19,7 +19,7 @@ from gasbench.sampling import sample_seeds
 from gasbench.solvers.schedules import make_sigmas
 from gasbench.tables import render
 from gasbench.teachers.ldm import LatentDiffusionTeacher
-from gasbench.teachers.sd15 import TextToImageTeacher
+from gasbench.teachers.text_to_image import TextToImageTeacher
 from gasbench.core.seeds import SPLIT_ENDS, SPLIT_STARTS
 from gasbench.trajectories import TrajectoryCache
 from helpers import gasbench
