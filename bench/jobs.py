@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -102,6 +103,28 @@ def stop_workers(workers: list[tuple[subprocess.Popen, Path]]) -> None:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+class CellCount:
+    """The run-level progress bar of a command whose cells several processes share: a cell counts
+    as done once its record is written by any of them during this command (so the bar's speed,
+    and its ETA, are the whole command's), and a record from before the command, reused, leaves
+    the total."""
+
+    def __init__(self, progress, task, record_paths: list[Path]):
+        self.progress, self.task, self.paths = progress, task, record_paths
+        self.since = time.time()
+        self.reused = 0
+
+    def reuse(self, path: Path) -> None:
+        """A cell's record was reused: one cell less to do if it predates the command."""
+        if path.stat().st_mtime < self.since:
+            self.reused += 1
+            self.progress.update(self.task, total=len(self.paths) - self.reused)
+
+    def refresh(self) -> None:
+        written = sum(1 for p in self.paths if p.is_file() and p.stat().st_mtime >= self.since)
+        self.progress.update(self.task, completed=written)
 
 
 def costliest_first(cells: list) -> list[tuple[int, object]]:

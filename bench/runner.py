@@ -49,7 +49,7 @@ from gasbench.core.records import (
 from gasbench.core.registry import SOLVERS, default_run_solvers
 from gasbench.core.seeds import SPLIT_STARTS
 from gasbench.core.weights import sha256_of
-from gasbench.jobs import costliest_first, shard_of, write_plan
+from gasbench.jobs import CellCount, costliest_first, shard_of, write_plan
 from gasbench.metrics import Evaluation, Metric, get_metric
 from gasbench.reuse import cell_identity, check_existing, reusable, teacher_identity
 from gasbench.sampling import AUTO_BATCH, auto_batch_size, sample_seeds
@@ -255,15 +255,17 @@ def run(config: RunConfig, console: Optional[Console] = None,
         # the cells this command sets out to compute (gasbench status), once the first work is done
         distributed.on_main(lambda: write_plan(config.results_dir, teacher.name, planned, config.command))
         timings[TEACHER_LABEL] = time.perf_counter() - start
-        # counted in cells, so its ETA is the whole run's: the mean time of the cells computed so far
-        # times the cells left (reused cells leave the total)
-        overall = progress.add_task(f"{teacher.name}: cells", total=len(cells))
+        # counted in cells recorded by any process of this command, so its ETA is the whole run's
+        # (records reused from before leave the total)
+        overall = CellCount(progress, progress.add_task(f"{teacher.name}: cells", total=len(cells)),
+                            [cell_dir(config.results_dir, teacher.name, c.label, c.nfe) / "metrics.json" for c in cells])
         done: dict[int, CellRecord] = {}
 
         def compute(index: int, cell: Cell, config: RunConfig = config) -> None:
-            progress.update(overall, description=f"{teacher.name}: cells (now {cell.label} NFE {cell.nfe})")
+            progress.update(overall.task, description=f"{teacher.name}: cells (now {cell.label} NFE {cell.nfe})")
             start = time.perf_counter()
             done[index] = run_cell(config, teacher, metrics, cell, seed_sets, references, conditions, progress, overall)
+            overall.refresh()
             timings[cell.label] = timings.get(cell.label, 0.0) + time.perf_counter() - start
 
         # the costliest cells first, each claimed without waiting (gasbench.jobs: other processes
@@ -345,13 +347,14 @@ def record_teacher(config: RunConfig, teacher, metrics: list[Metric], seed_sets,
         return record
 
 
-def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, references, conditions, progress, overall) -> CellRecord:
+def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, references, conditions, progress,
+             overall: CellCount) -> CellRecord:
     out_dir = cell_dir(config.results_dir, teacher.name, cell.label, cell.nfe)
     solver_config = cell.solver.resolved_config(teacher)
     identity = cell_identity(teacher, cell, metrics, seed_sets)
     existing = reusable(out_dir / "metrics.json", identity, config.overwrite)
     if existing is not None:
-        progress.update(overall, total=next(t.total for t in progress.tasks if t.id == overall) - 1)
+        overall.reuse(out_dir / "metrics.json")
         return existing
     before = phases.totals()
     if cell.solver.learned:
@@ -365,7 +368,6 @@ def run_cell(config, teacher, metrics: list[Metric], cell: Cell, seed_sets, refe
             samples = sample_seeds(teacher, cell.table, seeds, config.batch_size, stats=stats,
                                    on_batch=lambda n: progress.advance(sampling, n))
         evaluations.append(Evaluation(samples, reference, teacher, cond))
-    progress.advance(overall)
     wall = time.perf_counter() - start
     batches = sum(-(-len(seeds) // config.batch_size) for seeds in seed_sets)
     scores = _score(metrics, evaluations)

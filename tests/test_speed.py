@@ -118,3 +118,30 @@ def test_jobs_share_the_cells_and_write_the_records_of_one_process(monkeypatch, 
 def test_jobs_must_be_a_positive_count_or_auto(monkeypatch, capsys, tmp_path):
     code, _, err = gasbench(monkeypatch, capsys, "run", "-d", "gmm", "--jobs", "0", "--results-dir", tmp_path)
     assert code != 0 and "--jobs expects a positive integer or 'auto'" in err
+
+
+def test_the_run_level_count_includes_the_other_processes_cells(tmp_path):
+    """Under --jobs the cells bar counts every record this command writes, whoever wrote it, so its
+    ETA is the whole run's; a record from before the command, reused, leaves the total instead."""
+    import os
+    import time
+
+    from rich.progress import Progress
+
+    from gasbench.jobs import CellCount
+
+    paths = [tmp_path / f"cell{i}" / "metrics.json" for i in range(4)]
+    for p in paths:
+        p.parent.mkdir()
+    paths[0].write_text("{}")  # recorded before the command
+    os.utime(paths[0], (time.time() - 60, time.time() - 60))
+    progress = Progress(disable=True)
+    count = CellCount(progress, progress.add_task("cells", total=4), paths)
+    count.reuse(paths[0])
+    paths[1].write_text("{}")  # this process
+    paths[2].write_text("{}")  # the other process
+    count.refresh()
+    task = progress.tasks[0]
+    assert (task.completed, task.total) == (2, 3)
+    count.reuse(paths[2])  # the other's record, reused at the end: already counted
+    assert progress.tasks[0].total == 3
