@@ -3,13 +3,12 @@
 
 import json
 
-import pytest
 import torch
+from helpers import gasbench
 
 from gasbench.core import phases
 from gasbench.core.registry import SOLVERS
 from gasbench.solvers.fit import MIN_IMPROVEMENT, checks_without_improvement
-from helpers import gasbench
 
 
 def test_checks_without_improvement_counts_from_the_last_real_improvement():
