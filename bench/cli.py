@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gasbench.budgets import BUDGETS, DEFAULT_REFERENCE
-from gasbench.cli_common import PluginOption, console, err_console, load_plugins, parse_ints, split_list
+from gasbench.cli_common import PluginOption, console, err_console, key_values, load_plugins, parse_ints, split_list
 from gasbench.cli_tools import bench_app, claims, data_app, status, teacher_app, teachers
 from gasbench.core import distributed
 from gasbench.core.errors import GasbenchError
@@ -41,16 +41,6 @@ app.command(epilog="Example: gasbench claims --results-dir results --into docs/c
 app.command(epilog="Example: gasbench status --results-dir sweep")(status)
 
 
-def _key_values(pairs: Optional[list[str]]) -> dict[str, str]:
-    out = {}
-    for pair in split_list(pairs):
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise GasbenchError(f"--solver-arg expects key=value, got {pair!r}.")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _run_config(values: dict, source: str):
     """A RunConfig from option values as the command line or a YAML file gives them."""
     from gasbench.config import split_methods
@@ -65,7 +55,7 @@ def _run_config(values: dict, source: str):
     if isinstance(solver_args, dict):
         solver_args = {str(k): v for k, v in solver_args.items()}
     else:
-        solver_args = _key_values(solver_args)
+        solver_args = key_values(solver_args)
     def optional_path(value) -> Optional[Path]:
         return None if value is None else Path(value)
 

@@ -41,3 +41,13 @@ def parse_ints(values: list[str], what: str) -> list[int]:
 def load_plugins(plugins: Optional[list[str]]) -> None:
     for spec in plugins or []:
         import_plugin(spec)
+
+
+def key_values(pairs: Optional[list[str]]) -> dict[str, str]:
+    out = {}
+    for pair in split_list(pairs):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise GasbenchError(f"--solver-arg expects key=value, got {pair!r}.")
+        out[key.strip()] = value.strip()
+    return out

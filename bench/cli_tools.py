@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from gasbench.cli_common import PluginOption, console, load_plugins, parse_ints, split_list
+from gasbench.cli_common import PluginOption, console, key_values, load_plugins, parse_ints, split_list
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import SOLVERS, TEACHERS
 from gasbench.teachers.load import load_teacher
@@ -253,3 +253,53 @@ def teachers(
         out.add_row(entry.name, str(path), pin or "(not pinned)", present, declared.obtained())
     console.print(out)
     console.print("Also: --dataset diffusers:<hub id or folder> wraps any diffusers pipeline (hub downloads need a connection).")
+
+
+@bench_app.command("pretrain-discriminator", epilog="Example: gasbench bench pretrain-discriminator -d fashion --iterations 2000")
+def bench_pretrain_discriminator(
+    dataset: str = typer.Option("fashion", "--dataset", "-d"),
+    nfe: int = typer.Option(4, "--nfe", help="The fakes: DPM-Solver++(3M) at this NFE, where GS starts."),
+    iterations: int = typer.Option(2000, "--iterations"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Pre-train GAS's compact discriminator on the teacher's samples, for
+    `--solver-arg discriminator=compact-pretrained` (the analogue of GAS's pretrained R3GAN)."""
+    from gasbench.gas_curve import pretrain_discriminator
+
+    info = pretrain_discriminator(load_teacher(dataset), nfe=nfe, iterations=iterations, seed=seed)
+    console.print(f"wrote {info['path']}: {iterations} iterations; on {info['real'].split('(')[1].rstrip(')')}, "
+                  f"it ranks the teacher's sample above the DPM-Solver++(3M) one for "
+                  f"{100 * info['held_out_ranked_right']:.1f}% of pairs")
+
+
+@bench_app.command("gas-curve", epilog="Example: gasbench bench gas-curve -d fashion --iterations 0,300,1000,2000,3000 "
+                   "--solver-arg discriminator=compact-pretrained --solver-arg adv_weight=1.0")
+def bench_gas_curve(
+    dataset: str = typer.Option("fashion", "--dataset", "-d"),
+    nfe: int = typer.Option(4, "--nfe"),
+    iterations: list[str] = typer.Option(["0,300,1000,2000,3000"], "--iterations", help="The milestones scored."),
+    seeds: int = typer.Option(3, "--seeds", help="Seed sets."),
+    num_samples: int = typer.Option(1000, "--num-samples", "-n"),
+    solver_arg: Optional[list[str]] = typer.Option(None, "--solver-arg", help="key=value for GAS (and GS where it has the option)."),
+    out: Path = typer.Option(Path("results/fashion/gas-curve"), "--out"),
+    into: Optional[Path] = typer.Option(None, "--into", help="Also write the table between the markers of this file (--block)."),
+    block: Optional[str] = typer.Option(None, "--block"),
+):
+    """GS and GAS fitted from the same start on the same pairs, FD and KD after each milestone
+    (paired over the seed sets); resumable: the same command continues where it stopped."""
+    from gasbench.gas_curve import curve_markdown, fit_curves
+    from gasbench.tables import write_into
+
+    teacher = load_teacher(dataset)
+    args = key_values(solver_arg)
+    methods = {"gs": {k: v for k, v in args.items() if k in SOLVERS.get("gs").options},
+               "gas": args}
+    unknown = set(args) - set(SOLVERS.get("gas").options)
+    if unknown:
+        raise GasbenchError(f"GAS has no option {', '.join(sorted(unknown))}; `gasbench show gas` lists its options.")
+    seed_sets = [list(range(50_000 + k * num_samples, 50_000 + (k + 1) * num_samples)) for k in range(seeds)]
+    curve = fit_curves(teacher, methods, nfe, parse_ints(iterations, "--iterations"), seed_sets, out)
+    table = curve_markdown(curve, "gs", "gas")
+    console.print(table)
+    if into is not None:
+        write_into(into, table, block)

@@ -12,12 +12,20 @@ teachers. This module keeps that design at the size of an 8x8 or 28x28 teacher (
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from torch import nn
+
+from gasbench.core.errors import GasbenchError
+from gasbench.core.records import write_atomic
+from gasbench.core.weights import gasbench_home
 
 LEAK = 0.2
 
@@ -73,3 +81,40 @@ class CompactDiscriminator(nn.Module):
         if cond is None:
             raise ValueError("this discriminator is class-conditional; pass the class labels")
         return (out * self.class_embedding(cond)).sum(1) / math.sqrt(out.shape[1])
+
+
+# --- a compact discriminator pre-trained on a teacher's domain -----------------------------------
+# GAS fine-tunes a discriminator R3GAN pre-trained on the teacher's dataset (Appendix D.4.1); the
+# built-in teachers have none, so `gasbench bench pretrain-discriminator` trains this one on the
+# teacher's samples and GAS's ``discriminator=compact-pretrained`` starts from it.
+
+
+def pretrained_compact_file(teacher) -> Path:
+    """Where the pre-trained compact discriminator of ``teacher`` lives (under $GASBENCH_HOME)."""
+    return gasbench_home() / "discriminators" / f"{teacher.name}-compact.safetensors"
+
+
+def save_compact(discriminator: CompactDiscriminator, teacher, path: Path, provenance: dict) -> None:
+    """The weights, with what they were built for (teacher, its weights, architecture) and how."""
+    meta = {"teacher": teacher.name, "teacher_sha256": str(getattr(teacher, "weights_sha256", None)),
+            "shape": json.dumps(list(teacher.shape)), "num_classes": str(getattr(teacher, "num_classes", 0)),
+            "width": str(discriminator.stem.out_channels), "provenance": json.dumps(provenance, sort_keys=True)}
+    state = {k: v.detach().contiguous().cpu() for k, v in discriminator.state_dict().items()}
+    write_atomic(path, save(state, metadata=meta))
+
+
+def load_compact(teacher, path: Optional[Path] = None) -> CompactDiscriminator:
+    """The pre-trained compact discriminator of ``teacher``; one message if it is missing or was
+    trained for another teacher."""
+    path = Path(path) if path is not None else pretrained_compact_file(teacher)
+    if not path.is_file():
+        raise GasbenchError(f"no pre-trained discriminator for '{teacher.name}' at {path}; make it with "
+                            f"`gasbench bench pretrain-discriminator -d {teacher.name}`.")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if (meta.get("teacher"), meta.get("teacher_sha256")) != (teacher.name, str(getattr(teacher, "weights_sha256", None))):
+        raise GasbenchError(f"{path} was pre-trained for teacher {meta.get('teacher')!r} with other weights; "
+                            f"re-run `gasbench bench pretrain-discriminator -d {teacher.name}`.")
+    discriminator = CompactDiscriminator(tuple(json.loads(meta["shape"])), int(meta["num_classes"]), int(meta["width"]))
+    discriminator.load_state_dict(load_file(str(path)))
+    return discriminator

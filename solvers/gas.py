@@ -17,7 +17,9 @@ that code's Gamma (default 0.2), so each penalty weighs ``gamma / 2``.
 
 Discriminator (option ``discriminator``): by default
 :class:`~gasbench.solvers.discriminator.CompactDiscriminator`, random-initialised from the fit's
-seed; ``r3gan`` for R3GAN's own layout at three-quarter width, random-initialised (the paper's
+seed; ``compact-pretrained`` for the same network pre-trained on the teacher's samples by
+``gasbench bench pretrain-discriminator`` (the built-in teachers' analogue of the pretrained R3GAN);
+``r3gan`` for R3GAN's own layout at three-quarter width, random-initialised (the paper's
 latent teachers); ``r3gan-pretrained`` for the R3GAN checkpoint the paper fine-tunes on the pixel
 teacher (CIFAR-10's for cifar10, FFHQ-64's for ffhq and afhqv2), or the path of an R3GAN release
 pickle (:mod:`gasbench.solvers.r3gan`).
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 from gasbench.core import distributed
 from gasbench.core.phases import phase
 from gasbench.core.registry import register_solver
-from gasbench.solvers.discriminator import CompactDiscriminator
+from gasbench.solvers.discriminator import CompactDiscriminator, load_compact
 from gasbench.solvers.gs import GeneralizedSolver
 from gasbench.solvers.learned import distillation_loss
 from gasbench.solvers.r3gan import (
@@ -101,7 +103,8 @@ class GeneralizedAdversarialSolver(GeneralizedSolver):
         return super().passes_per_iteration(nfe) * 3 // 2
 
     def make_discriminator(self, teacher) -> torch.nn.Module:
-        """The ``discriminator`` option: ``compact`` (default), ``r3gan`` (R3GAN's FFHQ-64 layout at
+        """The ``discriminator`` option: ``compact`` (default), ``compact-pretrained`` (it, pre-trained
+        on the teacher's samples), ``r3gan`` (R3GAN's FFHQ-64 layout at
         three-quarter width, random init: GAS's choice for latent teachers), ``r3gan-pretrained``
         (the teacher's pretrained R3GAN checkpoint: GAS's choice for pixel teachers) or the path of
         an R3GAN release pickle, read without running its code."""
@@ -109,6 +112,8 @@ class GeneralizedAdversarialSolver(GeneralizedSolver):
         if choice == "compact":
             return CompactDiscriminator(tuple(teacher.shape), getattr(teacher, "num_classes", 0),
                                         width=self.config["disc_width"])
+        if choice == "compact-pretrained":
+            return load_compact(teacher)
         if choice == "r3gan":
             return R3GANDiscriminator(channels=teacher.shape[0], **LATENT_LAYOUT)
         if choice == "r3gan-pretrained":
