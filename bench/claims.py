@@ -35,6 +35,7 @@ import pandas as pd
 from gasbench.core.errors import GasbenchError
 from gasbench.core.records import TEACHER_LABEL, iter_records
 from gasbench.core.registry import METRICS, SOLVERS
+from gasbench.gas_curve import curve_cells
 from gasbench.paired import ALPHA, paired_difference, scores, worse_p_value
 from gasbench.paper import LABEL, PAPERS, base_method, load_paper_results, paper_numbers, read_table
 from gasbench.tables import direction_of
@@ -110,8 +111,10 @@ Cells = dict[tuple[str, str, int], dict[str, Any]]
 
 
 def recorded_cells(results_dir: Path) -> Cells:
-    """(teacher, method label, NFE) -> record, for every record under ``results_dir``."""
-    return {(r["teacher"]["name"], r["method"], r["nfe"]): r for r in iter_records(results_dir)}
+    """(teacher, method label, NFE) -> record, for every record under ``results_dir``, and every
+    milestone of the GS/GAS curves there (:func:`gasbench.gas_curve.curve_cells`)."""
+    cells = {(r["teacher"]["name"], r["method"], r["nfe"]): r for r in iter_records(results_dir)}
+    return {**cells, **curve_cells(results_dir)}
 
 
 def per_seed(record: Optional[dict], metric: str) -> Optional[list[float]]:

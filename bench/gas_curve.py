@@ -100,6 +100,11 @@ def _sha256(path: Path) -> Optional[str]:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+def fit_options(options: dict[str, Any], milestone: int) -> dict[str, Any]:
+    """A curve's fit up to ``milestone``: the method's options, that cap, no early stopping."""
+    return {**options, "iterations": milestone, "patience": 0, "validate_every": 0}
+
+
 def fit_curves(teacher, methods: dict[str, dict[str, Any]], nfe: int, milestones: list[int], seed_sets: list[list[int]],
                out_dir: Path, batch_size: int = 250) -> dict[str, Any]:
     """Fit each of ``methods`` (label -> solver options; the solver is the label's part before
@@ -112,16 +117,19 @@ def fit_curves(teacher, methods: dict[str, dict[str, Any]], nfe: int, milestones
                "seed_sets": [[s[0], s[-1]] for s in seed_sets], "methods": methods}
     if curve.get("setting", setting) != setting:
         raise GasbenchError(f"{curve_file} holds a curve of another setting; choose another --out or delete it.")
-    curve["setting"] = setting
-    curve["discriminator_sha256"] = _sha256(pretrained_compact_file(teacher))
+    discriminator = _sha256(pretrained_compact_file(teacher))
+    if curve.get("discriminator_sha256", discriminator) != discriminator:
+        raise GasbenchError(f"the pre-trained discriminator changed since {curve_file} was begun; choose another "
+                            f"--out or delete it to start the curve over.")
+    curve["setting"], curve["discriminator_sha256"] = setting, discriminator
     done = {(row["method"], row["iterations"]) for row in curve["rows"]}
     pairs = {}
-    for label, options in methods.items():
-        cls = SOLVERS.get(label.split("+")[0])
-        for milestone in sorted(milestones):
+    # milestone by milestone, so an interrupted curve has every method up to the same point
+    for milestone in sorted(milestones):
+        for label, options in methods.items():
             if (label, milestone) in done:
                 continue
-            solver = cls(**{**options, "iterations": milestone, "patience": 0, "validate_every": 0})
+            solver = SOLVERS.get(label.split("+")[0])(**fit_options(options, milestone))
             if not pairs:  # every method fits the same pairs
                 pairs = {split: _pairs(teacher, split, size)
                          for split, size in (("train", solver.config["train_size"]), ("validation", solver.validation_size))}
@@ -159,3 +167,22 @@ def curve_markdown(curve: dict[str, Any], baseline: str, method: str) -> str:
             cells.append(f"{mean:+.3g} ± {std:.2g} (p {differ_p_value(b[name], a[name]):.2f})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def curve_cells(results_dir: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Every milestone of every curve under ``results_dir`` as a cell the claims can test:
+    (teacher, the method's label with its options and ``iterations``, NFE) -> its per-seed-set
+    values and seeds, as a record holds them."""
+    from gasbench.runner import method_label
+
+    cells = {}
+    for path in sorted(Path(results_dir).glob("*/*/curve.json")):
+        curve = json.loads(path.read_text())
+        setting = curve["setting"]
+        for row in curve["rows"]:
+            name = row["method"].split("+")[0]
+            label = method_label(name, fit_options(setting["methods"][row["method"]], row["iterations"]),
+                                 SOLVERS.get(name).options)
+            cells[(setting["teacher"], label, setting["nfe"])] = {
+                "metrics_per_seed_set": {m: row[m] for m in CURVE_METRICS}, "seeds": setting["seed_sets"]}
+    return cells

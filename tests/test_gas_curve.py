@@ -43,7 +43,7 @@ def test_curves_in_segments_equal_one_long_fit_and_resume(digits, tmp_path):
     methods = {"gs": {"train_size": 24}, "gas": {"train_size": 24}}
     seed_sets = [list(range(50_000, 50_030)), list(range(50_030, 50_060))]
     curve = fit_curves(digits, methods, 2, [0, 2, 4], seed_sets, tmp_path / "curve")
-    assert [(r["method"], r["iterations"]) for r in curve["rows"]] == [(m, k) for m in methods for k in (0, 2, 4)]
+    assert [(r["method"], r["iterations"]) for r in curve["rows"]] == [(m, k) for k in (0, 2, 4) for m in methods]
     assert all(len(r["fd"]) == 2 and len(r["kd"]) == 2 for r in curve["rows"])
     # the milestone-0 solvers are the shared start: GS and GAS begin from the same solver
     start = {r["method"]: r["fd"] for r in curve["rows"] if r["iterations"] == 0}
@@ -63,3 +63,18 @@ def test_curves_in_segments_equal_one_long_fit_and_resume(digits, tmp_path):
     with pytest.raises(GasbenchError, match="another setting"):
         fit_curves(digits, methods, 3, [0], seed_sets, tmp_path / "curve")
     assert json.loads((tmp_path / "curve" / "curve.json").read_text())["setting"]["nfe"] == 2
+
+
+def test_curve_milestones_are_cells_the_claims_test(tmp_path):
+    from gasbench.claims import recorded_cells
+
+    curve = {"setting": {"teacher": "fashion", "nfe": 4, "seed_sets": [[0, 9], [10, 19], [20, 29]],
+                         "methods": {"gs": {}, "gas": {"adv_weight": "1.0"}}},
+             "rows": [{"method": "gs", "iterations": 1000, "fd": [3.0, 2.0, 4.0], "kd": [0.1, 0.1, 0.2]},
+                      {"method": "gas", "iterations": 1000, "fd": [2.0, 1.0, 3.1], "kd": [0.1, 0.1, 0.2]}]}
+    (tmp_path / "fashion" / "gas-curve").mkdir(parents=True)
+    (tmp_path / "fashion" / "gas-curve" / "curve.json").write_text(json.dumps(curve))
+    cells = recorded_cells(tmp_path)
+    gas = cells[("fashion", "gas+adv_weight=1.0+iterations=1000+patience=0+validate_every=0", 4)]
+    assert gas["metrics_per_seed_set"]["fd"] == [2.0, 1.0, 3.1] and gas["seeds"] == [[0, 9], [10, 19], [20, 29]]
+    assert ("fashion", "gs+iterations=1000+patience=0+validate_every=0", 4) in cells
