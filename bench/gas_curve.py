@@ -30,9 +30,8 @@ from gasbench.core.registry import SOLVERS
 from gasbench.metrics import Evaluation, get_metric
 from gasbench.paired import differ_p_value, paired_difference
 from gasbench.sampling import sample_seeds
-from gasbench.solvers.discriminator import CompactDiscriminator, pretrained_compact_file, save_compact
+from gasbench.solvers.discriminator import pretrained_compact_file, save_compact
 from gasbench.solvers.executor import execute
-from gasbench.solvers.gas import gradient_penalty, relativistic_loss
 from gasbench.trajectories import TrajectoryCache
 
 CURVE_METRICS = ("fd", "kd")
@@ -61,29 +60,23 @@ def pretrain_discriminator(teacher, nfe: int = 4, iterations: int = 2000, batch_
                            gamma: float = 0.2, width: int = 32, pairs: int = 1400, seed: int = 0,
                            progress: bool = True) -> dict[str, Any]:
     """Train the compact discriminator on the teacher's samples (real) against GS's starting
-    samples (fake), R3GAN's loss, Adam(lr, betas 0.9/0.999) as GAS's discriminator steps; saves it
-    and returns its provenance, with the fraction of held-out pairs it ranks right."""
+    samples (fake) with GAS's own discriminator step (R3GAN's loss, Adam at ``lr``); saves it and
+    returns its provenance, with the fraction of held-out pairs it ranks right."""
     data = _pairs(teacher, "train", pairs)
     real, cond = data["x0"].float(), data.get("cond")
     fake = _initial_samples(teacher, nfe, len(real), cond, seed=10**6 + seed)
     held_out = max(1, len(real) // 10)
-    torch.manual_seed(seed)
-    disc = CompactDiscriminator(tuple(teacher.shape), getattr(teacher, "num_classes", 0), width=width)
-    optimizer = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.9, 0.999))
+    # GAS's own discriminator and step (R3GAN's loss, its Adam), fed the fixed fakes
+    gas = SOLVERS.get("gas")(disc_lr=lr, gamma=gamma, disc_width=width, seed=seed)
+    gas.start_training(teacher, nfe)
     generator = torch.Generator().manual_seed(seed)
     with Bars(enabled=progress) as bars:
         task = bars.add_task(f"pretrain discriminator on {teacher.name}", total=iterations)
         for _ in range(iterations):
             index = torch.randint(held_out, len(real), (batch_size,), generator=generator)
-            c = cond[index] if cond is not None else None
-            r, f = real[index].requires_grad_(True), fake[index].requires_grad_(True)
-            real_logits, fake_logits = disc(r, c), disc(f, c)
-            penalties = gradient_penalty(r, real_logits) + gradient_penalty(f, fake_logits)
-            loss = (relativistic_loss(real_logits, fake_logits) + gamma / 2 * penalties).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            gas.discriminator_step(fake[index], real[index], cond[index] if cond is not None else None)
             bars.advance(task)
+    disc = gas.discriminator
     with torch.no_grad():
         c = cond[:held_out] if cond is not None else None
         ranked = float((disc(real[:held_out], c) > disc(fake[:held_out], c)).float().mean())
