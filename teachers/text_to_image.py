@@ -119,7 +119,7 @@ class SDXLFamily(PipelineFamily):
                                                text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
 
     def call(self, network, x, timestep, tensors, guidance):
-        added = {"text_embeds": tensors["text_embeds"], "time_ids": self.time_ids.to(x.device).expand(len(x), -1)}
+        added = {"text_embeds": tensors["text_embeds"], "time_ids": self.time_ids.to(x.device, x.dtype).expand(len(x), -1)}
         return network(x, timestep, encoder_hidden_states=tensors["prompt_embeds"], added_cond_kwargs=added,
                        return_dict=False)[0]
 
@@ -179,7 +179,8 @@ class FluxFamily(PipelineFamily):
         # the pipeline feeds t in [0, 1], not t * num_train_timesteps
         velocity = network(hidden_states=packed, timestep=timestep / self.pipe.scheduler.config.num_train_timesteps, guidance=scale,
                            pooled_projections=tensors["pooled"], encoder_hidden_states=tensors["prompt_embeds"],
-                           txt_ids=self.text_ids.to(x.device), img_ids=self.image_ids.to(x.device), return_dict=False)[0]
+                           txt_ids=self.text_ids.to(x.device, x.dtype), img_ids=self.image_ids.to(x.device, x.dtype),
+                           return_dict=False)[0]
         height, width = self.size
         return self.pipe._unpack_latents(velocity, height, width, self.pipe.vae_scale_factor)
 
