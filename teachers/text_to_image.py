@@ -235,9 +235,9 @@ class TextToImageTeacher(DiffusersTeacher):
             raise GasbenchError(f"{self.size[0]}x{self.size[1]} pixels is smaller than one latent patch of '{spec or name}'.")
         self.family.setup(pipe, *self.size, network.dtype)
         self.prompts = list(prompts)
-        digest = hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()
+        self.prompts_sha256 = hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()
         # what records say about the captions the CLIP score compared with
-        self.prompts_source = f"{len(self.prompts)} captions, sha256 {digest}"
+        self.prompts_source = f"{len(self.prompts)} captions, sha256 {self.prompts_sha256}"
         self._embeddings: dict[int, dict[str, torch.Tensor]] = {}
         super().__init__(name, network, dict(pipe.scheduler.config), shape, vae=pipe.vae,
                          null_condition=torch.tensor([len(self.prompts)]), guidance_scale=cfg, reference=reference,
@@ -283,10 +283,10 @@ class TextToImageTeacher(DiffusersTeacher):
         return self.family.call(self.model, x_in, timestep, tensors, self.embedded_guidance)
 
     def describe(self) -> dict[str, Any]:
-        digest = hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()
         return {**super().describe(), "pipeline": type(self.pipe).__name__, "size": list(self.size),
                 "embedded_guidance": self.embedded_guidance, **self.family.describe(self.pipe),
-                "prompts": {"count": len(self.prompts), "sha256": digest, "rule": "sample seed s uses prompt s mod count"}}
+                "prompts": {"count": len(self.prompts), "sha256": self.prompts_sha256,
+                            "rule": "sample seed s uses prompt s mod count"}}
 
     @classmethod
     def from_folder(cls, folder: Path, *, spec: str, name: str, prompts: Optional[Sequence[str]] = None,
