@@ -264,12 +264,16 @@ def bench_pretrain_discriminator(
 ):
     """Pre-train GAS's compact discriminator on the teacher's samples, for
     `--solver-arg discriminator=compact-pretrained` (the analogue of GAS's pretrained R3GAN)."""
-    from gasbench.gas_curve import pretrain_discriminator
+    from gasbench.gas_curve import gradient_ratio, pretrain_discriminator
 
-    info = pretrain_discriminator(load_teacher(dataset), nfe=nfe, iterations=iterations, seed=seed)
+    teacher = load_teacher(dataset)
+    info = pretrain_discriminator(teacher, nfe=nfe, iterations=iterations, seed=seed)
     console.print(f"wrote {info['path']}: {iterations} iterations; on {info['real'].split('(')[1].rstrip(')')}, "
                   f"it ranks the teacher's sample above the DPM-Solver++(3M) one for "
                   f"{100 * info['held_out_ranked_right']:.1f}% of pairs")
+    ratios = {d: gradient_ratio(teacher, d, nfe) for d in ("compact", "compact-pretrained")}
+    console.print(f"at GS's start the adversarial loss's gradient is {ratios['compact']:.3g} x the L1 loss's with a "
+                  f"fresh discriminator, {ratios['compact-pretrained']:.3g} x with this one")
 
 
 @bench_app.command("gas-curve", epilog="Example: gasbench bench gas-curve -d fashion --iterations 0,300,1000,2000,3000 "

@@ -89,6 +89,27 @@ def pretrain_discriminator(teacher, nfe: int = 4, iterations: int = 2000, batch_
     return {"path": str(path), **provenance}
 
 
+def gradient_ratio(teacher, discriminator: str, nfe: int = 4, batch_size: int = 24) -> float:
+    """How much the adversarial term weighs at GS's starting point: the norm of the gradient of
+    GAS's relativistic loss over the solver's parameters, divided by the L1 distillation loss's, on
+    the first ``batch_size`` training pairs, with the discriminator GAS would start from."""
+    from gasbench.solvers.gas import relativistic_loss
+    from gasbench.solvers.learned import distillation_loss
+
+    gas = SOLVERS.get("gas")(discriminator=discriminator)
+    gas.start_training(teacher, nfe)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in gas.parameters_for(teacher, nfe).items()}
+    batch = {k: v[:batch_size] for k, v in _pairs(teacher, "train", gas.config["train_size"]).items()}
+    cond = batch.get("cond")
+    student = gas.solve(params, teacher, nfe, batch["noise"], cond)
+    losses = (distillation_loss("l1", student, batch["x0"], teacher),
+              relativistic_loss(gas.judge(student, cond), gas.judge(batch["x0"], cond)).mean())
+    l1, adversarial = (torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(params.values()),
+                                                                           retain_graph=True, allow_unused=True)
+                                  if g is not None]).norm() for loss in losses)
+    return float(adversarial / l1)
+
+
 def _sha256(path: Path) -> Optional[str]:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 

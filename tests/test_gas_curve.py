@@ -30,6 +30,9 @@ def test_pretrained_discriminator_is_saved_for_its_teacher_and_starts_gas(digits
     fresh = SOLVERS.get("gas")()
     fresh.start_training(digits, 2)
     assert any(not torch.equal(fresh.discriminator.state_dict()[k], v) for k, v in disc.state_dict().items())
+    from gasbench.gas_curve import gradient_ratio
+
+    assert gradient_ratio(digits, "compact", nfe=2, batch_size=4) > 0
     other = load_teacher("gmm")
     other.shape = digits.shape
     with pytest.raises(GasbenchError, match="pre-trained for teacher 'digits'"):
