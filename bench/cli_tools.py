@@ -255,6 +255,33 @@ def teachers(
     console.print("Also: --dataset diffusers:<hub id or folder> wraps any diffusers pipeline (hub downloads need a connection).")
 
 
+@bench_app.command("power", epilog="Example: gasbench bench power -d fashion --nfe 4 --seed-sets 3,5,8 --samples 1000,2000")
+def bench_power(
+    dataset: str = typer.Option("fashion", "--dataset", "-d"),
+    nfe: list[str] = typer.Option(["4"], "--nfe", help="The pilot's NFE columns to read."),
+    metric: str = typer.Option("fd", "--metric"),
+    seed_sets: list[str] = typer.Option(["3,5,8"], "--seed-sets", help="Designs: seed sets."),
+    samples: list[str] = typer.Option(["1000"], "--samples", help="Designs: samples per seed set."),
+    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="The pilot run's records."),
+    into: Optional[Path] = typer.Option(None, "--into", help="Also write the tables between the markers of this file (--block)."),
+    block: Optional[str] = typer.Option(None, "--block"),
+):
+    """How many seed sets of how many samples tell a leaderboard's neighbouring rows apart: a
+    power analysis of the paired tests from a pilot run's per-seed-set values."""
+    from gasbench.power import neighbour_pairs, power_markdown, power_rows
+    from gasbench.tables import write_into
+
+    designs = parse_ints(seed_sets, "--seed-sets")
+    if min(designs) < 2:
+        raise GasbenchError("--seed-sets must be at least 2: one seed set has no paired test.")
+    pairs, pilot_sets, pilot_samples = neighbour_pairs(results_dir, dataset, metric, parse_ints(nfe, "--nfe"))
+    rows = power_rows(pairs, pilot_sets, pilot_samples, designs, parse_ints(samples, "--samples"))
+    text = power_markdown(pairs, rows, pilot_sets, pilot_samples)
+    print(text)
+    if into is not None:
+        write_into(into, text, block)
+
+
 @bench_app.command("pretrain-discriminator", epilog="Example: gasbench bench pretrain-discriminator -d fashion --iterations 2000")
 def bench_pretrain_discriminator(
     dataset: str = typer.Option("fashion", "--dataset", "-d"),

@@ -2,9 +2,12 @@
 
 import numpy as np
 import pytest
+from helpers import gasbench
+from scipy import stats
 
 from gasbench.core.records import SCHEMA_VERSION, TEACHER_LABEL, cell_dir, write_json_atomic
 from gasbench.paired import ALPHA, LIKE_TEACHER, detectable_difference, like_teacher, tied_with_best, worse_p_value
+from gasbench.power import POWER, detectable_at, neighbour_pairs, power_rows
 from gasbench.tables import render
 
 SEEDS = [[50000, 50999], [51000, 51999], [52000, 52999]]
@@ -110,3 +113,44 @@ def test_rows_are_grouped_as_the_papers_group_them_and_ablations_get_their_own_t
     assert list(cells(ablations)) == ["Teacher (unipc NFE 50)", "gs", "gs+decouple=false"]
     assert list(cells(render(root, ["fd"], sort=True).split("### digits: fd, ablations")[0])) == \
         ["Teacher (unipc NFE 50)", "ipndm", "euler", "gs"]
+
+
+def test_the_detectable_gap_is_found_with_the_stated_power():
+    """Simulated paired differences whose mean is detectable_at(s, K): the one-sided paired t-test
+    rejects in about POWER of the trials (the approximation the power analysis rests on)."""
+    rng = np.random.default_rng(0)
+    for sets in (3, 5, 8):
+        gap = detectable_at(1.0, sets)
+        d = rng.normal(gap, 1.0, size=(4000, sets))
+        t = d.mean(1) / (d.std(1, ddof=1) / np.sqrt(sets))
+        rejected = (t > stats.t.ppf(1 - ALPHA, sets - 1)).mean()
+        assert abs(rejected - POWER) < 0.06, (sets, rejected)
+    assert detectable_at(1.0, 8) < detectable_at(1.0, 5) < detectable_at(1.0, 3)
+
+
+def test_power_analysis_reads_neighbouring_rows_from_a_pilot(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "results"
+    base = np.array([4.0, 3.0, 4.5])
+    record(root, TEACHER_LABEL, 50, base)
+    record(root, "a", 4, base)
+    record(root, "b", 4, base + 0.5)
+    record(root, "c", 4, base + [3.5, 2.0, 1.5])
+    record(root, "a+x=1", 4, base + 9)  # a configuration: not a leaderboard row
+    pairs, sets, samples = neighbour_pairs(root, "digits", "fd", [4])
+    assert [p["pair"] for p in pairs] == ["a < b", "b < c"] and (sets, samples) == (3, 1000)
+    assert pairs[0]["gap"] == pytest.approx(0.5) and pairs[0]["spread"] == 0
+    assert pairs[1]["gap"] == pytest.approx(11 / 6) and pairs[1]["spread"] == pytest.approx(np.std([3.0, 1.5, 1.0], ddof=1))
+    rows = {(r["seed sets"], r["samples per set"]): r for r in power_rows(pairs, sets, samples, [3, 8], [1000, 250])}
+    assert rows[(3, 1000)]["neighbour gaps detected"] == "1 of 2", "b < c: 1.83 < 2.30 x 1.04 / sqrt(3)"
+    assert rows[(8, 1000)]["neighbour gaps detected"] == "2 of 2"
+    assert rows[(8, 250)]["median detectable gap"] == pytest.approx(2 * rows[(8, 1000)]["median detectable gap"])
+    assert rows[(8, 250)]["sampling cost"] == "0.67x"
+
+    code, out, err = gasbench(monkeypatch, capsys, "bench", "power", "-d", "digits", "--results-dir", root,
+                              "--seed-sets", "3,8")
+    assert code == 0 and "b < c" in out and "a+x=1" not in out and "Pilot: 3 seed sets of 1,000 samples" in out
+    code, out, err = gasbench(monkeypatch, capsys, "bench", "power", "-d", "fashion", "--results-dir", root)
+    assert code != 0 and "no fashion records" in out + err and "Traceback" not in out + err
+    code, out, err = gasbench(monkeypatch, capsys, "bench", "power", "-d", "digits", "--results-dir", root,
+                              "--seed-sets", "1,3")
+    assert code != 0 and "at least 2" in out + err
