@@ -173,39 +173,65 @@ class TrajectoryCache:
                  on_wait: Optional[Callable[[], None]] = None) -> None:
         """Write every missing shard, each solved as one batch of ``shard_size`` samples (so the
         contents depend on the cache's key alone); shards already on disk are checked and kept
-        (resume). Another process generating the same cache is waited for (``on_wait`` is called
-        when that starts).
+        (resume). ``on_samples`` hears of each shard written or found.
 
-        In a distributed run each process writes a contiguous block of the shards and returns when
-        every shard is written; ``on_samples`` hears of the other processes' shards at the end."""
+        Processes filling the same cache share it shard by shard: each solves the shards no other
+        process holds, then waits for the held ones (``on_wait`` is called once when it starts
+        waiting) and solves any a crashed holder left unwritten. Under torchrun the ranks write
+        contiguous blocks of the shards and return when every shard is written."""
         ref = self.teacher.reference
         table = SOLVERS.get(ref.solver)(schedule=ref.schedule, **ref.options).table(self.teacher, ref.nfe)
         if self.states:
             self.state_indices(table.nfe)  # too many states: stop before writing anything
-        # a second process generating the same cache waits here, then finds every shard written
+        if distributed.world_size() > 1:
+            self._generate_distributed(table, on_samples, on_wait)
+            return
+        write_json_atomic(self.directory / "manifest.json", self.key)
+        held = []
+        for index in range(self.num_shards):
+            with locks.claim(self.directory, self._lock_name(index)) as mine:
+                if mine:
+                    self._write_shard(index, table, on_samples)
+                else:
+                    held.append(index)
+        for index in held:
+            with locks.exclusive(self.directory, on_wait, self._lock_name(index)):
+                self._write_shard(index, table, on_samples)
+            on_wait = None  # one message per generation
+
+    def _generate_distributed(self, table, on_samples, on_wait) -> None:
         with locks.exclusive(self.directory, on_wait):
             if distributed.is_main():
                 write_json_atomic(self.directory / "manifest.json", self.key)
-            done = 0
-            for index in distributed.shard(range(self.num_shards)):
-                seeds = list(self.seeds[index * self.shard_size : (index + 1) * self.shard_size])
-                if self.shard_path(index).is_file():
-                    self._read_shard(index)  # a damaged shard stops here with a clear message
-                else:
-                    noise, cond = noise_and_conditions(self.teacher, seeds)
-                    with phase("teacher_solves"):
-                        solved = self._solve(table, noise, cond)
-                    tensors = {"seeds": torch.tensor(seeds), "noise": noise.float(), **solved}
-                    if cond is not None:
-                        tensors["cond"] = cond
-                    write_atomic(self.shard_path(index), save(tensors, metadata={"key": self.digest}))
-                    fault_point("trajectory-shard")
-                done += len(seeds)
-                if on_samples is not None:
-                    on_samples(len(seeds))
+            mine = distributed.shard(range(self.num_shards))
+            for index in mine:
+                self._write_shard(index, table, on_samples)
             distributed.barrier()
-        if on_samples is not None and done < len(self.seeds):
-            on_samples(len(self.seeds) - done)
+        written = sum(len(self.seeds[i * self.shard_size : (i + 1) * self.shard_size]) for i in mine)
+        if on_samples is not None and written < len(self.seeds):
+            on_samples(len(self.seeds) - written)  # the other ranks' shards
+
+    @staticmethod
+    def _lock_name(index: int) -> str:
+        return f".shard-{index:05d}.lock"
+
+    def _write_shard(self, index: int, table, on_samples: Optional[Callable[[int], None]]) -> None:
+        """Shard ``index``: checked when on disk (a damaged one stops here with a clear message),
+        else solved and written atomically."""
+        seeds = list(self.seeds[index * self.shard_size : (index + 1) * self.shard_size])
+        if self.shard_path(index).is_file():
+            self._read_shard(index)
+        else:
+            noise, cond = noise_and_conditions(self.teacher, seeds)
+            with phase("teacher_solves"):
+                solved = self._solve(table, noise, cond)
+            tensors = {"seeds": torch.tensor(seeds), "noise": noise.float(), **solved}
+            if cond is not None:
+                tensors["cond"] = cond
+            write_atomic(self.shard_path(index), save(tensors, metadata={"key": self.digest}))
+            fault_point("trajectory-shard")
+        if on_samples is not None:
+            on_samples(len(seeds))
 
     def load(self) -> dict[str, torch.Tensor]:
         """All shards concatenated in seed order (shards are numbered, read numerically)."""

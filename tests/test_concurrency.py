@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 
 from gasbench.core import locks
 from gasbench.core.records import cell_dir, read_record, without_volatile
+from gasbench.trajectories import TrajectoryCache
 
 GS = "gs+batch_size=8+iterations=6+train_size=32"
 RUN = ["run", "-d", "gmm", "-m", "euler,gs", "--nfe", "3", "-n", "40", "--batch-size", "16", "--metrics", "rmse,fd",
@@ -78,7 +80,7 @@ def test_two_runs_share_the_work(tmp_path, monkeypatch):
         counts[line.split()[0]] = counts.get(line.split()[0], 0) + 1
     shards = sorted((shared / "home" / "trajectories").rglob("shard-*.safetensors"))
     assert counts == {"fit": 1, "_solve": len(shards)}  # one fit; each shard solved once
-    assert not list((shared / "results").rglob(".lock")) and not list((shared / "home").rglob(".lock"))
+    assert not list((shared / "results").rglob("*.lock")) and not list((shared / "home").rglob("*.lock"))
 
     # a single run in a directory of its own writes the same records
     alone = tmp_path / "alone"
@@ -109,3 +111,24 @@ def test_a_lock_dies_with_its_process(tmp_path):
     with locks.exclusive(tmp_path, on_wait=lambda: waited.append(True)):
         assert not waited
     assert not (tmp_path / locks.LOCK_FILE).exists()
+
+
+def test_a_cache_is_filled_shard_by_shard(tmp_path, gmm):
+    """A process filling a cache solves the shards no one else holds instead of waiting for the
+    whole cache; it then waits for the held shard, and solves it itself when its holder left it
+    unwritten (crashed). The shards are those of a cache filled alone."""
+    cache = TrajectoryCache(gmm, tuple(range(100, 140)), shard_size=10, root=tmp_path / "shared")
+    waited, done = threading.Event(), []
+    with locks.claim(cache.directory, TrajectoryCache._lock_name(0)) as mine:
+        assert mine
+        worker = threading.Thread(target=lambda: done.append(cache.generate(on_wait=waited.set)))
+        worker.start()
+        assert waited.wait(timeout=60), "the held shard is waited for once the free ones are written"
+        assert [cache.shard_path(i).is_file() for i in range(4)] == [False, True, True, True]
+    worker.join(timeout=60)
+    assert done and cache.shard_path(0).is_file()
+    alone = TrajectoryCache(gmm, cache.seeds, shard_size=10, root=tmp_path / "alone")
+    alone.generate()
+    for i in range(4):
+        assert cache.shard_path(i).read_bytes() == alone.shard_path(i).read_bytes()
+    assert not list(cache.directory.glob("*.lock"))

@@ -2,7 +2,7 @@
 
 Work that writes shared files runs under an exclusive ``flock`` on a lock file next to them: a
 result cell (its record, sample grid, learned solver state and fit checkpoint: ``<cell>/.lock``)
-and a trajectory cache (its shards: ``<cache>/.lock``). A second process asking for a held lock
+and a trajectory cache's shard (``<cache>/.shard-NNNNN.lock``). A second process asking for a held lock
 waits, then finds the work done (a record to reuse, shards to read, a state to load). The kernel
 releases a lock when its process exits, crashed or killed, so a lock never outlives its holder.
 
@@ -81,10 +81,11 @@ def _release(path: Path, fd: int) -> None:
 
 
 @contextmanager
-def exclusive(directory: Path, on_wait: Optional[Callable[[], None]] = None) -> Iterator[None]:
-    """Hold the lock of ``directory`` (its ``.lock`` file) for the block; ``on_wait`` is called
-    once if another process holds it and this one waits. Every rank of a torchrun must enter."""
-    path = Path(directory) / LOCK_FILE
+def exclusive(directory: Path, on_wait: Optional[Callable[[], None]] = None, name: str = LOCK_FILE) -> Iterator[None]:
+    """Hold the lock of ``directory`` (its ``.lock`` file, or the lock file ``name`` for a part of
+    it) for the block; ``on_wait`` is called once if another process holds it and this one waits.
+    Every rank of a torchrun must enter."""
+    path = Path(directory) / name
     fd = _acquire(path, on_wait) if fcntl is not None and distributed.is_main() else None
     try:
         distributed.barrier()
@@ -95,16 +96,16 @@ def exclusive(directory: Path, on_wait: Optional[Callable[[], None]] = None) -> 
 
 
 @contextmanager
-def claim(directory: Path) -> Iterator[bool]:
-    """Hold the lock of ``directory`` for the block if no other process holds it: yields True
-    then, else False at once (``gasbench run --jobs``: the cell is another process's). One
-    process only: under torchrun every rank would have to agree, so there it waits as
-    :func:`exclusive` does and yields True."""
+def claim(directory: Path, name: str = LOCK_FILE) -> Iterator[bool]:
+    """Hold the lock of ``directory`` (or its lock file ``name``) for the block if no other process
+    holds it: yields True then, else False at once (``gasbench run --jobs``: the cell is another
+    process's). One process only: under torchrun every rank would have to agree, so there it waits
+    as :func:`exclusive` does and yields True."""
     if distributed.world_size() > 1:
-        with exclusive(directory):
+        with exclusive(directory, name=name):
             yield True
         return
-    path = Path(directory) / LOCK_FILE
+    path = Path(directory) / name
     fd = _try_acquire(path) if fcntl is not None else -1
     try:
         yield fd is not None
