@@ -44,6 +44,8 @@ def neighbour_pairs(results_dir: Path, teacher: str, metric: str, nfes: Sequence
     pilot's seed sets and samples per set."""
     frame = load_frame(results_dir)
     sub = frame[(frame.teacher == teacher) & (frame.metric == metric) & frame.per_seed.notna()]
+    if not sub.empty:  # only records of the same seed sets pair; the pilot is the most common
+        sub = sub[sub.seeds == sub.seeds.mode()[0]]
     teacher_rows = sub[sub.method == TEACHER_LABEL]
     direction = direction_of(metric)
     pairs = []

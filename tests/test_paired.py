@@ -136,6 +136,7 @@ def test_power_analysis_reads_neighbouring_rows_from_a_pilot(tmp_path, monkeypat
     record(root, "b", 4, base + 0.5)
     record(root, "c", 4, base + [3.5, 2.0, 1.5])
     record(root, "a+x=1", 4, base + 9)  # a configuration: not a leaderboard row
+    record(root, "d", 4, [1.0, 2.0], seeds=SEEDS[:2])  # other seed sets: they do not pair
     pairs, sets, samples = neighbour_pairs(root, "digits", "fd", [4])
     assert [p["pair"] for p in pairs] == ["a < b", "b < c"] and (sets, samples) == (3, 1000)
     assert pairs[0]["gap"] == pytest.approx(0.5) and pairs[0]["spread"] == 0
