@@ -22,7 +22,7 @@ from diffusers import UNet2DConditionModel, UNet2DModel, VQModel
 
 from gasbench.core.errors import GasbenchError
 from gasbench.core.registry import TEACHERS
-from gasbench.teachers import ldm
+from gasbench.teachers import ldm, ldm_checkpoint
 from gasbench.teachers.diffusers_teacher import DiffusersTeacher
 from gasbench.teachers.ldm import (IMAGENET256, LSUN_BEDROOM, imagenet256_dit, ImageNet256Teacher,
                                    LSUNBedroomTeacher)
@@ -239,7 +239,7 @@ def test_real_size_key_names_and_shapes_round_trip(kind):
             state["cond_stage_model.embedding.weight"] = torch.empty(1001, 512)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     assert {k: shapes.get(k) for k in REAL_ENTRIES[kind]} == REAL_ENTRIES[kind]
-    converted, metadata = ldm.ldm_to_diffusers(state, config)
+    converted, metadata = ldm_checkpoint.ldm_to_diffusers(state, config)
     expected = {**{f"unet.{k}": v.shape for k, v in unet.state_dict().items()},
                 **{f"vae.{k}": v.shape for k, v in vq.state_dict().items()}}
     if kind == "imagenet":
@@ -288,7 +288,7 @@ def test_lsun_release_zip_loads_the_ema_weights_and_is_converted_once(tmp_path, 
 
     cached = list((gasbench_home() / "converted").glob(f"ldm1-lsun-bedroom-{teacher.weights_sha256}.safetensors"))
     assert len(cached) == 1
-    monkeypatch.setattr(ldm, "read_lightning_checkpoint", lambda path: pytest.fail("the checkpoint was read again"))
+    monkeypatch.setattr(ldm_checkpoint, "read_lightning_checkpoint", lambda path: pytest.fail("the checkpoint was read again"))
     assert_same_teacher(TinyLSUN(weights=tmp_path / "lsun_bedrooms.zip"), teacher)
 
 

@@ -14,7 +14,7 @@ import torch
 from gasbench.core import lpips_metric
 from gasbench.core.errors import GasbenchError
 from gasbench.solvers import r3gan
-from gasbench.teachers import edm_pickle, ldm, release
+from gasbench.teachers import edm_pickle, ldm_checkpoint, release
 from helpers import LIGHTNING_CLASSES, PAYLOAD_CALLS, ModelCheckpoint, Payload, pickled_as, raw_os_system
 
 
@@ -39,7 +39,7 @@ def _lpips_weights(payload) -> bytes:
 # each reader's public entry point, and a file of its format with ``payload`` inside
 READERS = {
     "edm-network": (edm_pickle.load_edm_pickle, lambda payload: pickle.dumps({"ema": None, "dataset_kwargs": {"p": payload}})),
-    "ldm-lightning": (ldm.read_lightning_checkpoint, lambda payload: _lightning_checkpoint({"loops": payload})),
+    "ldm-lightning": (ldm_checkpoint.read_lightning_checkpoint, lambda payload: _lightning_checkpoint({"loops": payload})),
     "gas-dataset": (release.load_release_teacher_data, _dataset),
     "lpips-backbone": (lambda path: lpips_metric.unpickle_numpy(path.read_bytes()), _lpips_weights),
     "r3gan-discriminator": (r3gan.load_r3gan_discriminator, lambda payload: pickle.dumps({"G": None, "D": payload})),
@@ -100,7 +100,7 @@ def test_a_lightning_checkpoint_loads_and_classes_outside_the_allow_list_are_ref
         "hyper_parameters": {"lr": 1e-4, "seen": {1, 2}}}))
     with pytest.raises(pickle.UnpicklingError):  # so the restricted unpickler is what reads it
         torch.load(path, weights_only=True)
-    loaded = ldm.read_lightning_checkpoint(path)
+    loaded = ldm_checkpoint.read_lightning_checkpoint(path)
     assert torch.equal(loaded["state_dict"]["model.diffusion_model.out.2.weight"], weight.detach())
     assert loaded["state_dict"]["model_ema.num_updates"].dtype == torch.int
     (key, callback), = loaded["callbacks"].items()
@@ -115,4 +115,4 @@ def test_a_lightning_checkpoint_loads_and_classes_outside_the_allow_list_are_ref
     with pickled_as({"pytorch_lightning.callbacks.early_stopping.EarlyStopping": EarlyStopping}):
         path.write_bytes(_lightning_checkpoint({"callbacks": {EarlyStopping: {"wait_count": 0}}}))
     with pytest.raises(GasbenchError, match="asks to load 'pytorch_lightning.callbacks.early_stopping.EarlyStopping'"):
-        ldm.read_lightning_checkpoint(path)
+        ldm_checkpoint.read_lightning_checkpoint(path)

@@ -17,7 +17,7 @@ global, before anything in the file has run.
   The caller builds its own module (its own code) and copies the tensors in with
   :func:`flat_state_dict`.
 * ``lightning-checkpoint``: the CompVis LDM ``.ckpt`` files, PyTorch-Lightning 1.4 checkpoints
-  read through ``torch.load(pickle_module=pickle_module(...))`` (``teachers/ldm.py``). Besides
+  read through ``torch.load(pickle_module=pickle_module(...))`` (``teachers/ldm_checkpoint.py``). Besides
   tensors and containers they name Lightning's ``ModelCheckpoint`` class, the key of its state in
   ``callbacks`` (PL 1.4 ``trainer/callback_hook.py`` keys callback states by ``type(callback)``),
   which becomes an inert record class; numpy numbers (and ``_codecs.encode``, how protocol 2
