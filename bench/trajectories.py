@@ -104,6 +104,9 @@ class TrajectoryCache:
     def shard_path(self, index: int) -> Path:
         return self.directory / f"shard-{index:05d}.safetensors"
 
+    def shard_seeds(self, index: int) -> list[int]:
+        return list(self.seeds[index * self.shard_size : (index + 1) * self.shard_size])
+
     @property
     def num_shards(self) -> int:
         return -(-len(self.seeds) // self.shard_size)
@@ -128,7 +131,7 @@ class TrajectoryCache:
         missing = [name for name in self._tensor_names() if name not in tensors]
         if missing:
             raise GasbenchError(f"trajectory shard {path} lacks {', '.join(missing)}; {rerun}.")
-        expected = list(self.seeds[index * self.shard_size : (index + 1) * self.shard_size])
+        expected = self.shard_seeds(index)
         if tensors["seeds"].dim() != 1 or tensors["seeds"].tolist() != expected:
             raise GasbenchError(
                 f"trajectory shard {path} holds other seeds than its name says (expected "
@@ -207,7 +210,7 @@ class TrajectoryCache:
             for index in mine:
                 self._write_shard(index, table, on_samples)
             distributed.barrier()
-        written = sum(len(self.seeds[i * self.shard_size : (i + 1) * self.shard_size]) for i in mine)
+        written = sum(len(self.shard_seeds(i)) for i in mine)
         if on_samples is not None and written < len(self.seeds):
             on_samples(len(self.seeds) - written)  # the other ranks' shards
 
@@ -218,7 +221,7 @@ class TrajectoryCache:
     def _write_shard(self, index: int, table, on_samples: Optional[Callable[[int], None]]) -> None:
         """Shard ``index``: checked when on disk (a damaged one stops here with a clear message),
         else solved and written atomically."""
-        seeds = list(self.seeds[index * self.shard_size : (index + 1) * self.shard_size])
+        seeds = self.shard_seeds(index)
         if self.shard_path(index).is_file():
             self._read_shard(index)
         else:
