@@ -80,11 +80,20 @@ def like_teacher(values: Sequence[float], teacher: Sequence[float]) -> bool:
     return differ_p_value(values, teacher) >= ALPHA
 
 
+def detectable_at(spread: float, seed_sets: int, power: float = 0.5) -> float:
+    """The mean paired difference a one-sided paired t-test at ``ALPHA`` over ``seed_sets`` sets
+    detects with probability ``power`` when the per-set differences have std ``spread``:
+    (t_{1-ALPHA, K-1} + t_{power, K-1}) spread / sqrt(K). At power 0.5 (t = 0) it is the smallest
+    difference the test rejects."""
+    freedom = seed_sets - 1
+    return float((stats.t.ppf(1 - ALPHA, freedom) + stats.t.ppf(power, freedom)) * spread / math.sqrt(seed_sets))
+
+
 def detectable_difference(a: Sequence[float], b: Sequence[float]) -> float:
     """The smallest mean paired difference the one-sided test at ``ALPHA`` rejects, with the
     spread these two rows' differences show."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    return float(stats.t.ppf(1 - ALPHA, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    return detectable_at(float(d.std(ddof=1)), len(d))
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:

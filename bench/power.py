@@ -21,21 +21,13 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from gasbench.core.errors import GasbenchError
 from gasbench.core.records import TEACHER_LABEL
-from gasbench.paired import ALPHA, scores
+from gasbench.paired import ALPHA, detectable_at, scores
 from gasbench.tables import direction_of, load_frame
 
 POWER = 0.8
-
-
-def detectable_at(spread: float, seed_sets: int, power: float = POWER) -> float:
-    """The gap a one-sided paired t-test at ``ALPHA`` over ``seed_sets`` sets detects with
-    probability ``power`` when the per-set differences have std ``spread``."""
-    freedom = seed_sets - 1
-    return (stats.t.ppf(1 - ALPHA, freedom) + stats.t.ppf(power, freedom)) * spread / math.sqrt(seed_sets)
 
 
 def neighbour_pairs(results_dir: Path, teacher: str, metric: str, nfes: Sequence[int]) -> tuple[list[dict], int, int]:
@@ -48,10 +40,10 @@ def neighbour_pairs(results_dir: Path, teacher: str, metric: str, nfes: Sequence
         sub = sub[sub.seeds == sub.seeds.mode()[0]]
     teacher_rows = sub[sub.method == TEACHER_LABEL]
     direction = direction_of(metric)
+    target = None if teacher_rows.empty else teacher_rows.iloc[0].per_seed
     pairs = []
     for nfe in nfes:
         cells = sub[(sub.nfe == nfe) & ~sub.method.str.contains("+", regex=False) & (sub.method != TEACHER_LABEL)]
-        target = None if teacher_rows.empty else teacher_rows.iloc[0].per_seed
         oriented = {r.method: scores(r.per_seed, target, direction) for r in cells.itertuples()}
         ranked = sorted((m for m, s in oriented.items() if s is not None), key=lambda m: oriented[m].mean())
         for better, worse in zip(ranked, ranked[1:]):
@@ -74,7 +66,7 @@ def power_rows(pairs: list[dict], pilot_sets: int, pilot_samples: int, seed_sets
     for k in seed_sets:
         for n in samples:
             shrink = math.sqrt(pilot_samples / n)
-            detectable = [detectable_at(p["spread"] * shrink, k) for p in pairs]
+            detectable = [detectable_at(p["spread"] * shrink, k, POWER) for p in pairs]
             found = sum(0 < p["gap"] >= m for p, m in zip(pairs, detectable))
             rows.append({"seed sets": k, "samples per set": n, "median detectable gap": float(np.median(detectable)),
                          "neighbour gaps detected": f"{found} of {len(pairs)}",

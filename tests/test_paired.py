@@ -6,8 +6,16 @@ from helpers import gasbench
 from scipy import stats
 
 from gasbench.core.records import SCHEMA_VERSION, TEACHER_LABEL, cell_dir, write_json_atomic
-from gasbench.paired import ALPHA, LIKE_TEACHER, detectable_difference, like_teacher, tied_with_best, worse_p_value
-from gasbench.power import POWER, detectable_at, neighbour_pairs, power_rows
+from gasbench.paired import (
+    ALPHA,
+    LIKE_TEACHER,
+    detectable_at,
+    detectable_difference,
+    like_teacher,
+    tied_with_best,
+    worse_p_value,
+)
+from gasbench.power import POWER, neighbour_pairs, power_rows
 from gasbench.tables import render
 
 SEEDS = [[50000, 50999], [51000, 51999], [52000, 52999]]
@@ -120,12 +128,12 @@ def test_the_detectable_gap_is_found_with_the_stated_power():
     rejects in about POWER of the trials (the approximation the power analysis rests on)."""
     rng = np.random.default_rng(0)
     for sets in (3, 5, 8):
-        gap = detectable_at(1.0, sets)
+        gap = detectable_at(1.0, sets, POWER)
         d = rng.normal(gap, 1.0, size=(4000, sets))
         t = d.mean(1) / (d.std(1, ddof=1) / np.sqrt(sets))
         rejected = (t > stats.t.ppf(1 - ALPHA, sets - 1)).mean()
         assert abs(rejected - POWER) < 0.06, (sets, rejected)
-    assert detectable_at(1.0, 8) < detectable_at(1.0, 5) < detectable_at(1.0, 3)
+    assert detectable_at(1.0, 8, POWER) < detectable_at(1.0, 5, POWER) < detectable_at(1.0, 3, POWER)
 
 
 def test_power_analysis_reads_neighbouring_rows_from_a_pilot(tmp_path, monkeypatch, capsys):
